@@ -1,0 +1,461 @@
+"""One typed configuration for every job.
+
+Defaults live here. A YAML file overrides them, then ``--set a.b=c`` overrides the YAML.
+Unknown keys and out-of-range values raise :class:`ConfigError` naming the dotted key.
+Crossing into Ray the config travels as a plain ``dict`` (``to_dict``/``from_dict``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the dotted key."""
+
+
+class Backbone(str, enum.Enum):
+    RESNET18 = "resnet18"
+    RESNET50 = "resnet50"
+
+
+class SimilarityNorm(str, enum.Enum):
+    """How the ROI-attribute cosine matrix is normalised before the attention softmax (SCAN)."""
+
+    CLIPPED_L2NORM = "clipped_l2norm"
+    SOFTMAX = "softmax"
+    NONE = "none"
+
+
+class TrainMode(str, enum.Enum):
+    """Where the frozen detector runs during grounding training."""
+
+    CACHE = "cache"  # read the ROI cache written once by extract-rois
+    STREAMING = "streaming"  # run the detector inside the training workers
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Built-in synthetic dataset (design.md section 4). Sites: A detector, B reports, C covid-like."""
+
+    seed: int = 0
+    n_site_a: int = 160  # box-labelled detector-training site (RSNA-like)
+    n_site_b: int = 360  # report-only site (MIMIC-like); part of it carries held-out boxes
+    n_site_b_boxed: int = 80  # of n_site_b: expert boxes kept for evaluation only
+    n_site_c_patients: int = 20  # covid-like site: PNG/JPEG, severity, several images per patient
+    site_a_size: int = 1024  # stored pixels (square)
+    site_b_size: int = 768
+    site_c_size: int = 512
+    site_a_positive_fraction: float = 0.35
+    site_b_positive_fraction: float = 0.6
+    site_b_monochrome1_fraction: float = 0.3
+    site_b_device_fraction: float = 0.5  # support devices / electrodes / markers (distractors)
+    site_b_noise: float = 0.03  # relative quantum-noise level of site B (site A uses half)
+    site_b_gamma: float = 0.7  # detector response curve exponent of site B (site A: 1.0)
+    attribute_omission: float = 0.3  # chance a true attribute is not written in the report
+
+    def validate(self, prefix: str) -> None:
+        for name in ("n_site_a", "n_site_b", "n_site_b_boxed", "n_site_c_patients"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        _check(self.n_site_b_boxed <= self.n_site_b, f"{prefix}.n_site_b_boxed", "must be <= n_site_b")
+        for name in ("site_a_size", "site_b_size", "site_c_size"):
+            _check(64 <= getattr(self, name) <= 4096, f"{prefix}.{name}", "must be in [64, 4096]")
+        for name in (
+            "site_a_positive_fraction",
+            "site_b_positive_fraction",
+            "site_b_monochrome1_fraction",
+            "site_b_device_fraction",
+            "attribute_omission",
+        ):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"{prefix}.{name}", "must be in [0, 1]")
+        _check(0.0 <= self.site_b_noise <= 0.5, f"{prefix}.site_b_noise", "must be in [0, 0.5]")
+        _check(0.1 <= self.site_b_gamma <= 3.0, f"{prefix}.site_b_gamma", "must be in [0.1, 3]")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Decoding, normalisation and the prepared-image cache."""
+
+    image_size: int = 256  # prepared images are square, this many pixels
+    max_pixels: int = 8192 * 8192  # header-declared Rows*Columns above this is quarantined unread
+    low_percentile: float = 0.5  # fixed VOI policy: percentile window over the body
+    high_percentile: float = 99.5
+    split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)  # train/val/test by patient
+    split_seed: int = 0
+    batch_size: int = 32  # rows per Ray Data batch in prepare
+    rows_per_shard: int = 256  # prepared Parquet rows per file
+
+    def validate(self, prefix: str) -> None:
+        _check(32 <= self.image_size <= 4096, f"{prefix}.image_size", "must be in [32, 4096]")
+        _check(self.max_pixels > 0, f"{prefix}.max_pixels", "must be > 0")
+        _check(
+            0.0 <= self.low_percentile < self.high_percentile <= 100.0,
+            f"{prefix}.low_percentile",
+            "need 0 <= low_percentile < high_percentile <= 100",
+        )
+        _check(len(self.split_fractions) == 3, f"{prefix}.split_fractions", "needs 3 values")
+        _check(abs(sum(self.split_fractions) - 1.0) < 1e-6, f"{prefix}.split_fractions", "must sum to 1")
+        _check(min(self.split_fractions) >= 0.0, f"{prefix}.split_fractions", "must be >= 0")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+        _check(self.rows_per_shard >= 1, f"{prefix}.rows_per_shard", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class WordVectorConfig:
+    vector_size: int = 64  # d: dimension of m_j and of phi_i
+    window: int = 5
+    min_count: int = 2
+    epochs: int = 30
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        _check(4 <= self.vector_size <= 1024, f"{prefix}.vector_size", "must be in [4, 1024]")
+        _check(self.window >= 1, f"{prefix}.window", "must be >= 1")
+        _check(self.min_count >= 1, f"{prefix}.min_count", "must be >= 1")
+        _check(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Frozen RetinaNet (torchvision). Boxes are xyxy in pixels of the original image."""
+
+    backbone: Backbone = Backbone.RESNET18
+    fpn_channels: int = 128
+    weights_path: str = ""  # local state_dict file; never downloaded
+    weights_sha256: str = ""  # required when weights_path is set
+    num_rois: int = 32  # N positive (top-scored) and N negative (lowest-scored) anchors per image
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 10
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 0.01
+    num_workers: int = 1
+    use_gpu: bool = False
+
+    def validate(self, prefix: str) -> None:
+        _check(16 <= self.fpn_channels <= 512, f"{prefix}.fpn_channels", "must be in [16, 512]")
+        _check(1 <= self.num_rois <= 5000, f"{prefix}.num_rois", "must be in [1, 5000]")
+        _check(0.0 <= self.score_thresh < 1.0, f"{prefix}.score_thresh", "must be in [0, 1)")
+        _check(0.0 < self.nms_thresh <= 1.0, f"{prefix}.nms_thresh", "must be in (0, 1]")
+        _check(self.detections_per_img >= 1, f"{prefix}.detections_per_img", "must be >= 1")
+        _check(self.epochs >= 0, f"{prefix}.epochs", "must be >= 0")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+        _check(self.lr > 0, f"{prefix}.lr", "must be > 0")
+        _check(self.num_workers >= 0, f"{prefix}.num_workers", "must be >= 0")
+        _check(
+            not self.weights_path or len(self.weights_sha256) == 64,
+            f"{prefix}.weights_sha256",
+            "a 64-hex-digit sha256 is required when weights_path is set",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Cross-attention grounding model (design.md 1.4)."""
+
+    roi_hidden: int = 128  # hidden width of W1 path (0 = single linear layer)
+    geometry_dim: int = 16  # width of Wg g_i and Ws s_i before their layer norms
+    alpha_hidden: int = 64
+    classifier_hidden: tuple[int, ...] = (64,)
+    similarity_norm: SimilarityNorm = SimilarityNorm.CLIPPED_L2NORM
+    lambda_a: float = 4.0  # softmax temperature over attributes
+    lambda_b: float = 9.0  # softmax temperature over ROIs
+    dropout: float = 0.1
+
+    def validate(self, prefix: str) -> None:
+        _check(self.roi_hidden >= 0, f"{prefix}.roi_hidden", "must be >= 0")
+        _check(self.geometry_dim >= 1, f"{prefix}.geometry_dim", "must be >= 1")
+        _check(self.alpha_hidden >= 1, f"{prefix}.alpha_hidden", "must be >= 1")
+        _check(all(h >= 1 for h in self.classifier_hidden), f"{prefix}.classifier_hidden", "sizes must be >= 1")
+        _check(0.0 < self.lambda_a <= 100.0, f"{prefix}.lambda_a", "must be in (0, 100]")
+        _check(0.0 < self.lambda_b <= 100.0, f"{prefix}.lambda_b", "must be in (0, 100]")
+        _check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    beta: float = 0.8  # triplet margin
+    use_classification: bool = True  # False = the paper's "without classification" ablation
+    bce_weight: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        _check(0.0 <= self.beta <= 4.0, f"{prefix}.beta", "must be in [0, 4]")
+        _check(self.bce_weight >= 0.0, f"{prefix}.bce_weight", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    max_epochs: int = 40
+    early_stop_patience: int = 10  # epochs
+    early_stop_min_rel_change: float = 0.001  # paper: < 0.1 % change in 10 epochs
+    grad_clip: float = 2.0
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        _check(0.0 < self.lr <= 1.0, f"{prefix}.lr", "must be in (0, 1]")
+        _check(self.weight_decay >= 0.0, f"{prefix}.weight_decay", "must be >= 0")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+        _check(self.max_epochs >= 1, f"{prefix}.max_epochs", "must be >= 1")
+        _check(self.early_stop_patience >= 1, f"{prefix}.early_stop_patience", "must be >= 1")
+        _check(self.early_stop_min_rel_change >= 0.0, f"{prefix}.early_stop_min_rel_change", "must be >= 0")
+        _check(self.grad_clip >= 0.0, f"{prefix}.grad_clip", "must be >= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Ray Train scaling, storage and resume for the grounding model."""
+
+    mode: TrainMode = TrainMode.CACHE
+    num_workers: int = 1  # 0 = Ray Train local mode (in-process)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+
+    def validate(self, prefix: str) -> None:
+        _check(self.num_workers >= 0, f"{prefix}.num_workers", "must be >= 0")
+        _check(self.cpus_per_worker > 0, f"{prefix}.cpus_per_worker", "must be > 0")
+        _check(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1 = forever)")
+        _check(self.checkpoints_to_keep >= 1, f"{prefix}.checkpoints_to_keep", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    iou_thresholds: tuple[float, ...] = (0.25, 0.5, 0.75)
+    bootstrap_samples: int = 1000
+    folds: int = 5
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        _check(all(0.0 < t <= 1.0 for t in self.iou_thresholds), f"{prefix}.iou_thresholds", "must be in (0, 1]")
+        _check(self.bootstrap_samples >= 0, f"{prefix}.bootstrap_samples", "must be >= 0")
+        _check(self.folds >= 2, f"{prefix}.folds", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run lives. Paths are local directories or pyarrow URIs (s3://, gs://)."""
+
+    work_dir: str = "runs/default"
+    run_id: str = ""  # fixed id = resumable; empty = a fresh timestamped id (local runs only)
+    storage_path: str = ""  # Ray Train/Tune storage; empty = <work_dir>/ray_storage
+
+    def validate(self, prefix: str) -> None:
+        _check(bool(self.work_dir), f"{prefix}.work_dir", "must not be empty")
+        _check(
+            all(c.isalnum() or c in "-_." for c in self.run_id),
+            f"{prefix}.run_id",
+            "may only hold letters, digits, '-', '_' and '.'",
+        )
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    word_vectors: WordVectorConfig = field(default_factory=WordVectorConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            getattr(self, f.name).validate(f.name)
+
+    # -- conversion -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GroundingConfig":
+        return _build(cls, data, prefix="")
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "GroundingConfig":
+        """Apply ``{"a.b": value}`` overrides; values may be strings parsed as YAML."""
+        tree = self.to_dict()
+        for dotted, value in overrides.items():
+            _set_dotted(tree, dotted, value)
+        return GroundingConfig.from_dict(tree)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> GroundingConfig:
+    """Defaults, then the YAML file (a path or a profile name such as ``paper``), then ``a.b=c`` strings."""
+    tree: dict[str, Any] = GroundingConfig().to_dict()
+    if path:
+        file = Path(path)
+        if not file.exists() and (PROFILES_DIR / f"{path}.yaml").exists():
+            file = PROFILES_DIR / f"{path}.yaml"
+        if not file.exists():
+            raise ConfigError(f"config file not found: {path} (nor a profile in {PROFILES_DIR})")
+        loaded = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        _merge(tree, loaded, prefix="")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(value))
+    return GroundingConfig.from_dict(tree)
+
+
+def dotted_keys(cls: type = GroundingConfig, prefix: str = "") -> dict[str, Any]:
+    """All leaf keys of the config as ``{"section.key": type}``, for validating search spaces."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        if is_dataclass(hints[f.name]):
+            out.update(dotted_keys(hints[f.name], key + "."))
+        else:
+            out[key] = hints[f.name]
+    return out
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _to_plain(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _merge(tree: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in tree:
+            raise ConfigError(f"{dotted}: unknown config key")
+        if isinstance(tree[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{dotted}: expected a mapping")
+            _merge(tree[key], value, dotted + ".")
+        else:
+            tree[key] = value
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{dotted}: unknown config key")
+        if i == len(parts) - 1:
+            if isinstance(node[part], dict):
+                raise ConfigError(f"{dotted}: is a section, set one of its keys")
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown config key")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{prefix}{f.name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # pragma: no cover - defensive
+        raise ConfigError(f"{prefix.rstrip('.')}: {err}") from err
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in tp)
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_tp = args[0]
+        return tuple(_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value  # pragma: no cover
+
+
+def write_resolved(config: GroundingConfig, out_dir: str | Path) -> Path:
+    """Write ``config.yaml`` next to a job's outputs (atomically)."""
+    from grounding.storage import atomic_write_text
+
+    path = Path(out_dir) / "config.yaml"
+    atomic_write_text(path, config.to_yaml())
+    return path
+
+
+__all__ = [
+    "Backbone",
+    "ConfigError",
+    "GroundingConfig",
+    "SimilarityNorm",
+    "TrainMode",
+    "dotted_keys",
+    "load_config",
+    "replace",
+    "write_resolved",
+]

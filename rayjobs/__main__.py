@@ -1,0 +1,5 @@
+import sys
+
+from rayjobs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real-data folder (skips cleanly without it), a local Ray, an RNG guard."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(os.environ.get("GROUNDING_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real public samples not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def prevent_leaking_rng():
+    """Tests must not change the global RNG state others see (torchvision's conftest)."""
+    import torch
+
+    torch_state = torch.get_rng_state()
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    yield
+    torch.set_rng_state(torch_state)
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for the whole session (starting Ray costs ~5 s)."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
