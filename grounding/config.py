@@ -48,40 +48,84 @@ def _check(condition: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Built-in synthetic dataset (design.md section 4). Sites: A detector, B reports, C covid-like."""
+    """Built-in synthetic dataset (design.md section 4). Sites: A detector, B reports, C covid-like.
+
+    Site A is RSNA-like (8-bit JPEG DICOM, boxes), site B MIMIC-like (16-bit, 12 stored, some
+    MONOCHROME1, other exposure curve, noise, blur, positioning and distractors; reports), site C
+    COVID-collection-like (PNG/JPEG, several images per patient over days, severity 0-8).
+    """
 
     seed: int = 0
     n_site_a: int = 160  # box-labelled detector-training site (RSNA-like)
     n_site_b: int = 360  # report-only site (MIMIC-like); part of it carries held-out boxes
     n_site_b_boxed: int = 80  # of n_site_b: expert boxes kept for evaluation only
     n_site_c_patients: int = 20  # covid-like site: PNG/JPEG, severity, several images per patient
+    site_c_images_min: int = 2  # images per site-C patient, drawn uniformly in [min, max]
+    site_c_images_max: int = 4
+    site_c_days_max: int = 14  # follow-up images fall on days 1..days_max after the first
+    site_c_jpeg_fraction: float = 0.5  # site-C files written as JPEG (the rest PNG)
+    site_c_box_fraction: float = 0.5  # site-C images with radiologist boxes in annotations/
     site_a_size: int = 1024  # stored pixels (square)
     site_b_size: int = 768
-    site_c_size: int = 512
+    site_c_size: int = 512  # width; height varies by up to +15 % as in the real collection
     site_a_positive_fraction: float = 0.35
     site_b_positive_fraction: float = 0.6
     site_b_monochrome1_fraction: float = 0.3
+    site_b_rle_fraction: float = 0.25  # site-B files stored RLE Lossless (the rest Explicit VR LE)
     site_b_device_fraction: float = 0.5  # support devices / electrodes / markers (distractors)
-    site_b_noise: float = 0.03  # relative quantum-noise level of site B (site A uses half)
+    site_a_noise: float = 0.015  # relative quantum noise at lung exposure
+    site_b_noise: float = 0.03  # relative quantum-noise level of site B
+    site_a_gamma: float = 1.0  # detector response curve exponent
     site_b_gamma: float = 0.7  # detector response curve exponent of site B (site A: 1.0)
+    site_a_blur: float = 0.4  # detector blur (Gaussian sigma, stored pixels)
+    site_b_blur: float = 1.2
+    site_a_exposure_jitter: float = 0.1  # per-image log-exposure / window spread
+    site_b_exposure_jitter: float = 0.3
+    site_a_positioning_jitter: float = 0.03  # shift / rotation / scale spread (fraction of width)
+    site_b_positioning_jitter: float = 0.08
+    site_a_jpeg_quality: int = 90  # JPEG Baseline quality of site-A pixel data
+    box_jitter: float = 0.02  # annotator box-edge noise (fraction of box size)
     attribute_omission: float = 0.3  # chance a true attribute is not written in the report
+    severity_wording_noise: float = 0.15  # chance the mild/moderate/severe word is one grade off
+    report_clutter: float = 0.6  # chance of each clutter sentence (other findings, hedges, comparison)
+    workers: int = 2  # generator processes (1 = in-process)
+    contact_per_site: int = 24  # images per site on contact_sheet.png (0 = no sheet)
 
     def validate(self, prefix: str) -> None:
-        for name in ("n_site_a", "n_site_b", "n_site_b_boxed", "n_site_c_patients"):
+        for name in ("n_site_a", "n_site_b", "n_site_b_boxed", "n_site_c_patients", "contact_per_site"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
         _check(self.n_site_b_boxed <= self.n_site_b, f"{prefix}.n_site_b_boxed", "must be <= n_site_b")
+        _check(1 <= self.site_c_images_min <= self.site_c_images_max <= 20, f"{prefix}.site_c_images_min",
+               "need 1 <= site_c_images_min <= site_c_images_max <= 20")
+        _check(1 <= self.site_c_days_max <= 365, f"{prefix}.site_c_days_max", "must be in [1, 365]")
         for name in ("site_a_size", "site_b_size", "site_c_size"):
             _check(64 <= getattr(self, name) <= 4096, f"{prefix}.{name}", "must be in [64, 4096]")
         for name in (
             "site_a_positive_fraction",
             "site_b_positive_fraction",
             "site_b_monochrome1_fraction",
+            "site_b_rle_fraction",
             "site_b_device_fraction",
+            "site_c_jpeg_fraction",
+            "site_c_box_fraction",
             "attribute_omission",
+            "severity_wording_noise",
+            "report_clutter",
         ):
             _check(0.0 <= getattr(self, name) <= 1.0, f"{prefix}.{name}", "must be in [0, 1]")
-        _check(0.0 <= self.site_b_noise <= 0.5, f"{prefix}.site_b_noise", "must be in [0, 0.5]")
-        _check(0.1 <= self.site_b_gamma <= 3.0, f"{prefix}.site_b_gamma", "must be in [0.1, 3]")
+        for name in ("site_a_noise", "site_b_noise"):
+            _check(0.0 <= getattr(self, name) <= 0.5, f"{prefix}.{name}", "must be in [0, 0.5]")
+        for name in ("site_a_gamma", "site_b_gamma"):
+            _check(0.1 <= getattr(self, name) <= 3.0, f"{prefix}.{name}", "must be in [0.1, 3]")
+        for name in ("site_a_blur", "site_b_blur"):
+            _check(0.0 <= getattr(self, name) <= 10.0, f"{prefix}.{name}", "must be in [0, 10]")
+        for name in ("site_a_exposure_jitter", "site_b_exposure_jitter"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"{prefix}.{name}", "must be in [0, 1]")
+        for name in ("site_a_positioning_jitter", "site_b_positioning_jitter"):
+            _check(0.0 <= getattr(self, name) <= 0.2, f"{prefix}.{name}", "must be in [0, 0.2]")
+        _check(10 <= self.site_a_jpeg_quality <= 100, f"{prefix}.site_a_jpeg_quality", "must be in [10, 100]")
+        _check(0.0 <= self.box_jitter <= 0.3, f"{prefix}.box_jitter", "must be in [0, 0.3]")
+        _check(1 <= self.workers <= 64, f"{prefix}.workers", "must be in [1, 64]")
 
 
 @dataclass(frozen=True)
@@ -142,11 +186,30 @@ class DetectorConfig:
     epochs: int = 8
     batch_size: int = 8
     lr: float = 0.01
-    num_workers: int = 1
+    optimizer: str = "sgd"  # sgd (momentum 0.9, the torchvision detection recipe) | adamw
+    weight_decay: float = 1e-4
+    grad_clip: float = 10.0  # max grad norm per step; 0 = off
+    trainable_backbone_layers: int = 5  # 0-5 ResNet stages trained (5 = all; from scratch needs all)
+    seed: int = 0
+    num_workers: int = 1  # Ray Train workers (DDP); 0 = Ray Train local mode (in-process)
     use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+    extract_batch_size: int = 16  # images per Ray Data batch in extract-rois
+    extract_actors: int = 0  # extract-rois actor pool size; 0 = one per GPU, else 1 CPU actor
 
     def validate(self, prefix: str) -> None:
         _check(16 <= self.fpn_channels <= 512, f"{prefix}.fpn_channels", "must be in [16, 512]")
+        _check(self.optimizer in ("sgd", "adamw"), f"{prefix}.optimizer", "must be sgd or adamw")
+        _check(self.weight_decay >= 0.0, f"{prefix}.weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0.0, f"{prefix}.grad_clip", "must be >= 0 (0 = off)")
+        _check(0 <= self.trainable_backbone_layers <= 5, f"{prefix}.trainable_backbone_layers", "must be in [0, 5]")
+        _check(self.cpus_per_worker > 0, f"{prefix}.cpus_per_worker", "must be > 0")
+        _check(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1 = forever)")
+        _check(self.checkpoints_to_keep >= 1, f"{prefix}.checkpoints_to_keep", "must be >= 1")
+        _check(self.extract_batch_size >= 1, f"{prefix}.extract_batch_size", "must be >= 1")
+        _check(self.extract_actors >= 0, f"{prefix}.extract_actors", "must be >= 0")
         _check(1 <= self.num_rois <= 5000, f"{prefix}.num_rois", "must be in [1, 5000]")
         _check(0.0 <= self.score_thresh < 1.0, f"{prefix}.score_thresh", "must be in [0, 1)")
         _check(0.0 < self.nms_thresh <= 1.0, f"{prefix}.nms_thresh", "must be in (0, 1]")

@@ -37,8 +37,9 @@ def prepared_table(rows: list[dict]) -> pa.Table:
 
 
 def read_prepared(path: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a prepared cache folder (all ``*.parquet`` shards, sorted by image_id)."""
-    table = storage.read_table(path, columns=columns)
+    """Read a prepared cache (the ``images/`` folder of a prepare output, or the shards folder itself)."""
+    images = storage.join(path, "images")
+    table = storage.read_table(images if storage.exists(images) else path, columns=columns)
     if "image_id" in table.column_names:
         table = table.sort_by("image_id")
     return table

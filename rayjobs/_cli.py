@@ -9,7 +9,7 @@ import sys
 from grounding.config import ConfigError, GroundingConfig, load_config
 
 
-def get_args_parser(description: str, add_help: bool = True, ray: bool = True) -> argparse.ArgumentParser:
+def common_parser(description: str, add_help: bool = True, ray: bool = True) -> argparse.ArgumentParser:
     """A parser with the common flags; jobs add their own. Reusable as a parent parser."""
     parser = argparse.ArgumentParser(description=description, add_help=add_help)
     parser.add_argument("--config", default=None, help="YAML config file or profile name (e.g. 'paper', 'smoke')")
@@ -43,3 +43,6 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+get_args_parser = common_parser  # older name, kept for jobs written against it

@@ -1,0 +1,225 @@
+"""Image decoding for every job: DICOM / PNG / JPEG bytes -> float32 (H, W) in [0, 1], air dark.
+
+One decoder serves ``prepare`` (Ray Data), ``inspect`` and ``predict``. Bad input never crashes a
+job: every failure is a :class:`QuarantineError` with a :class:`Reason` code and a message built
+from our own text only (never a header value, never the pydicom exception text, so no PHI).
+
+Intensity policy (fixed, documented, recorded in ``DecodedImage.info``):
+
+1. DICOM: stored values -> modality LUT / rescale (``pydicom.pixels.apply_modality_lut``; a
+   negative slope is applied as written). Header VOI windows and VOI LUTs are **ignored**; sites
+   disagree on them and a percentile window makes datasets look alike. PNG/JPEG: grey values.
+2. Percentile window ``[low_percentile, high_percentile]`` over the whole image (a fixed strided
+   subsample of at most ~1 M pixels for speed), clipped to [0, 1]. If the window collapses
+   (e.g. a mostly-constant image) it falls back to the min/max window; a constant image is
+   quarantined (``degenerate_intensity``).
+3. Polarity: MONOCHROME1, or ``PresentationLUTShape == INVERSE`` (either, not both twice: a DX
+   MONOCHROME1 image carries INVERSE by rule), is inverted **after** the window using the window
+   itself: ``y = (hi - x) / (hi - lo)`` where the window is taken in display polarity
+   (``lo = P(100 - high)``, ``hi = P(100 - low)``). So a MONOCHROME1 image and its MONOCHROME2
+   twin ``stored2 = K - stored1`` give the same output for any percentile pair.
+
+Resizing (:func:`resize_uint8`) is a plain anisotropic resize to a square; boxes follow with
+``grounding.boxes.scale_boxes((H, W), (size, size))``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+# At most this many pixels feed the percentile estimate (strided, deterministic subsample).
+_PERCENTILE_SAMPLE = 1 << 20
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+# File-size guard before reading: generous bound for the largest legal image (float32 RGB + slack).
+_BYTES_PER_PIXEL_BOUND = 12
+_BYTES_SLACK = 64 << 20
+
+
+class Reason(str, enum.Enum):
+    """Quarantine reason codes (the ``reason`` column of the quarantine table)."""
+
+    EMPTY_FILE = "empty_file"  # zero bytes
+    UNREADABLE = "unreadable"  # I/O error: missing file, permission, storage failure
+    NOT_DICOM = "not_dicom"  # neither DICOM nor PNG/JPEG
+    TRUNCATED = "truncated"  # file ends inside the header or the pixel data
+    NO_PIXELS = "no_pixels"  # a DICOM without (7FE0,0010) Pixel Data
+    NOT_RADIOGRAPH = "not_radiograph"  # SOP class / modality not CR, DX (e.g. SEG, SR, RT, CT)
+    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"  # no installed decoder for it
+    DECODE_ERROR = "decode_error"  # the pixel codec failed (corrupt stream, wrong shape)
+    TOO_LARGE = "too_large"  # declared pixels above max_pixels (checked before decoding)
+    MULTIFRAME = "multiframe"  # NumberOfFrames > 1
+    COLOR = "color"  # a colour DICOM (SamplesPerPixel > 1, RGB/YBR/PALETTE)
+    DEGENERATE_INTENSITY = "degenerate_intensity"  # constant image: nothing to normalise
+    BAD_IMAGE = "bad_image"  # PNG/JPEG decode failure
+
+
+class QuarantineError(Exception):
+    """One input that cannot be used.
+
+    Attributes:
+        reason: the :class:`Reason` code.
+        message: what is wrong, from our own text only: no header values, no file name (PHI-safe
+            to store in Parquet next to the ``image_uri`` column and to log).
+        name: the file name/URI it concerns (shown by ``str(err)``, kept out of ``message``).
+    """
+
+    def __init__(self, reason: Reason, message: str, name: str = "") -> None:
+        self.reason = Reason(reason)
+        self.message = message
+        self.name = name
+        super().__init__(f"{name}: {self.reason.value}: {message}" if name else f"{self.reason.value}: {message}")
+
+    def __reduce__(self):  # picklable across Ray workers with all three fields
+        return (QuarantineError, (self.reason, self.message, self.name))
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, normalised image.
+
+    Attributes:
+        pixels: float32 (H, W) in [0, 1], air dark / bone bright, finite, original resolution.
+        info: plain JSON-able values only: ``source_format`` ('dicom' | 'png' | 'jpeg'),
+            ``transfer_syntax`` (UID or None), ``transfer_syntax_name``, ``sop_class_name``,
+            ``modality``, ``photometric`` (as stored; PIL mode for PNG/JPEG),
+            ``presentation_lut_shape``, ``bits_allocated``, ``bits_stored``, ``height``, ``width``
+            (original), ``voi`` (policy used), ``window_low``/``window_high`` (in modality units),
+            ``inverted`` (bool). Every value comes from a fixed vocabulary or is a number.
+    """
+
+    pixels: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_bytes(
+    data: bytes, name: str, *, max_pixels: int, low_percentile: float, high_percentile: float
+) -> DecodedImage:
+    """Decode one DICOM, PNG or JPEG file held in memory.
+
+    Args:
+        data: the whole file.
+        name: file name or URI, used only for format sniffing (suffix) and ``QuarantineError.name``.
+        max_pixels: header-declared Rows*Columns*frames (or PNG/JPEG width*height) above this is
+            rejected as ``too_large`` before any pixel buffer is allocated.
+        low_percentile, high_percentile: the percentile window (0 <= low < high <= 100).
+
+    Returns:
+        :class:`DecodedImage` with pixels float32 (H, W) in [0, 1].
+
+    Raises:
+        QuarantineError: with a :class:`Reason`; never any other exception for bad input.
+    """
+    if not 0.0 <= low_percentile < high_percentile <= 100.0:
+        raise ValueError("need 0 <= low_percentile < high_percentile <= 100")
+    if len(data) == 0:
+        raise QuarantineError(Reason.EMPTY_FILE, "the file is empty (0 bytes)", name)
+    kwargs = dict(max_pixels=max_pixels, low_percentile=low_percentile, high_percentile=high_percentile)
+    if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
+        from grounding import raster_decode
+
+        return raster_decode.decode_raster(data, name, **kwargs)
+    from grounding import dicom_decode
+
+    if dicom_decode.looks_like_dicom(data):
+        return dicom_decode.decode_dicom(data, name, **kwargs)
+    if PurePosixPath(name.lower()).suffix in _RASTER_SUFFIXES:
+        raise QuarantineError(Reason.BAD_IMAGE, "not a PNG or JPEG stream (bad magic bytes)", name)
+    raise QuarantineError(
+        Reason.NOT_DICOM, "not DICOM (no 'DICM' preamble or dataset start) and not PNG/JPEG", name
+    )
+
+
+def decode_file(path: str, *, max_pixels: int, low_percentile: float, high_percentile: float) -> DecodedImage:
+    """:func:`decode_bytes` on a local path or a pyarrow URI (``grounding.storage.resolve``).
+
+    A file bigger than any legal image of ``max_pixels`` is rejected (``too_large``) unread; I/O
+    errors are ``unreadable``.
+    """
+    from grounding import storage
+
+    limit = max_pixels * _BYTES_PER_PIXEL_BOUND + _BYTES_SLACK
+    try:
+        fs, inner = storage.resolve(path)
+        size = fs.get_file_info(inner).size
+        if size is not None and size > limit:
+            raise QuarantineError(Reason.TOO_LARGE, "file is larger than any image of max_pixels", path)
+        with fs.open_input_stream(inner) as stream:
+            data = stream.read()
+    except QuarantineError:
+        raise
+    except (OSError, ValueError) as err:  # missing file, permission, storage errors
+        raise QuarantineError(Reason.UNREADABLE, f"cannot read the file ({type(err).__name__})", path) from None
+    return decode_bytes(
+        data, path, max_pixels=max_pixels, low_percentile=low_percentile, high_percentile=high_percentile
+    )
+
+
+def normalise_intensity(
+    values: np.ndarray, *, low_percentile: float, high_percentile: float, invert: bool, name: str = ""
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Percentile window to [0, 1], inverted after the window when ``invert``.
+
+    Args:
+        values: (H, W) real-valued image in modality units (any numeric dtype).
+        low_percentile, high_percentile: the window in display polarity (dark end, bright end).
+        invert: True for MONOCHROME1 / INVERSE presentation (low stored value = bright).
+
+    Returns:
+        (pixels float32 (H, W) in [0, 1], info with ``voi``, ``window_low``, ``window_high``,
+        ``inverted``).
+
+    Raises:
+        QuarantineError: ``degenerate_intensity`` for a constant image, ``decode_error`` for
+            non-finite values.
+    """
+    x = np.asarray(values)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise QuarantineError(Reason.DECODE_ERROR, "pixel values are not all finite (NaN/Inf)", name)
+    vmin, vmax = float(x.min()), float(x.max())
+    if not vmax > vmin:
+        raise QuarantineError(Reason.DEGENERATE_INTENSITY, "constant image (min == max)", name)
+    step = max(1, int(np.ceil(np.sqrt(x.size / _PERCENTILE_SAMPLE))))
+    sample = x[::step, ::step].astype(np.float64).ravel()
+    # The window is chosen in display polarity: for an inverted image the dark end is high values.
+    q = (100.0 - high_percentile, 100.0 - low_percentile) if invert else (low_percentile, high_percentile)
+    lo, hi = (float(v) for v in np.percentile(sample, q))
+    voi = f"percentile({low_percentile:g},{high_percentile:g})"
+    if not hi > lo:  # e.g. > 99 % of pixels share one value: use the full range instead
+        lo, hi, voi = vmin, vmax, "minmax_fallback"
+    scaled = (hi - x.astype(np.float64)) if invert else (x.astype(np.float64) - lo)
+    pixels = np.clip(scaled / (hi - lo), 0.0, 1.0).astype(np.float32)
+    info = {"voi": voi, "window_low": lo, "window_high": hi, "inverted": bool(invert)}
+    return pixels, info
+
+
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """Float [0, 1] (H, W) -> uint8 (size, size), anti-aliased, plain (anisotropic) resize.
+
+    Downscaling uses an area (BOX) filter: every source pixel contributes, no ringing. Upscaling
+    uses BICUBIC, clipped. Boxes map with ``grounding.boxes.scale_boxes((H, W), (size, size))``.
+    """
+    from PIL import Image
+
+    arr = np.ascontiguousarray(np.asarray(image, dtype=np.float32))
+    if arr.ndim != 2:
+        raise ValueError(f"resize_uint8 needs a 2-D image, got shape {arr.shape}")
+    h, w = arr.shape
+    if (h, w) == (size, size):
+        out = arr
+    else:
+        down = size <= h and size <= w
+        filt = Image.Resampling.BOX if down else Image.Resampling.BICUBIC
+        out = np.asarray(Image.fromarray(arr).resize((size, size), filt))
+    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Float [0, 1] (H, W) -> uint8 (H, W) at the same size (for viewing)."""
+    return np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)

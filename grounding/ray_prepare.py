@@ -1,0 +1,128 @@
+"""(R) The ``prepare`` job on Ray Data: manifest -> prepared image shards + quarantine table.
+
+Streaming: rows flow through ``map_batches`` tasks on every CPU of the cluster and straight into
+``write_parquet``, so memory is bounded by the batch/block size, not the dataset size. A file that
+cannot be decoded becomes a quarantine record (written by the task that met it, idempotently, under a
+name derived from the batch's image ids) and the job goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+
+from grounding import storage
+from grounding.prepare import PrepareOptions, prepare_row, quarantine_row, summarise
+from grounding.prepared import PREPARED_SCHEMA, prepared_table
+from grounding.schema import QUARANTINE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+
+class _PrepareBatch:
+    """Ray Data UDF (a callable, so the options travel once per task, not once per row)."""
+
+    def __init__(self, options: PrepareOptions, quarantine_dir: str):
+        self.options = options
+        self.quarantine_dir = quarantine_dir
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        good, bad = [], []
+        for row in batch.to_pylist():
+            prepared, quarantined = prepare_row(row, self.options)
+            (good if prepared else bad).append(prepared or quarantined)
+        if bad:
+            ids = ",".join(sorted(r["image_id"] for r in bad))
+            name = f"part-{hashlib.sha256(ids.encode()).hexdigest()[:20]}.parquet"
+            storage.write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA),
+                                storage.join(self.quarantine_dir, name))
+        return prepared_table(good)
+
+
+def run_prepare(manifest: pa.Table, out_dir: str, options: PrepareOptions, batch_size: int,
+                rows_per_shard: int, num_blocks: int | None = None) -> dict:
+    """Decode, normalise and resize every manifest row on the current Ray cluster.
+
+    Writes ``<out>/images/*.parquet`` (prepared rows), ``<out>/quarantine.parquet`` and returns the
+    summary (read / written / quarantined by reason), also written to ``<out>/summary.json``.
+    """
+    import ray
+
+    start = time.perf_counter()
+    manifest, duplicates = _drop_duplicate_ids(manifest)
+    rows = manifest.drop_columns(["report_text"]) if "report_text" in manifest.column_names else manifest
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    blocks = num_blocks or max(1, min(rows.num_rows, max(2 * cpus, -(-rows.num_rows // batch_size))))
+    run_tag = uuid.uuid4().hex[:8]
+    quarantine_dir = storage.join(out_dir, f"_quarantine_parts-{run_tag}")
+    images_dir = storage.join(out_dir, "images")
+    staging = storage.join(out_dir, f"_images-{run_tag}") if not storage.is_uri(out_dir) else images_dir
+    storage.makedirs(quarantine_dir)
+
+    ds = ray.data.from_arrow(rows).repartition(blocks)
+    # A callable instance (not a class) runs as stateless tasks spread over every CPU.
+    ds = ds.map_batches(_PrepareBatch(options, quarantine_dir), batch_size=batch_size, batch_format="pyarrow")
+    ds.write_parquet(staging, min_rows_per_file=rows_per_shard)
+
+    if staging != images_dir:  # swap the finished folder in; a crashed run leaves the old one intact
+        if Path(images_dir).exists():
+            shutil.rmtree(images_dir)
+        Path(staging).rename(images_dir)
+    written_ids = _read_ids(images_dir)
+    quarantine = _collect_quarantine(quarantine_dir, duplicates)
+    storage.write_table(quarantine, storage.join(out_dir, "quarantine.parquet"))
+    if not storage.is_uri(out_dir):
+        shutil.rmtree(quarantine_dir, ignore_errors=True)
+    summary = summarise(manifest.num_rows + len(duplicates), len(written_ids),
+                        quarantine.column("reason").to_pylist())
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["images_per_second"] = round(manifest.num_rows / max(summary["seconds"], 1e-9), 2)
+    lost = manifest.num_rows + len(duplicates) - summary["written"] - summary["quarantined"]
+    if lost:
+        raise RuntimeError(f"prepare lost {lost} row(s): neither written nor quarantined")
+    storage.atomic_write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def _drop_duplicate_ids(manifest: pa.Table) -> tuple[pa.Table, list[dict]]:
+    """Keep the first row of each image_id; the others go to quarantine as ``duplicate``."""
+    ids = manifest.column("image_id").to_pylist()
+    seen, keep, dups = set(), [], []
+    for i, image_id in enumerate(ids):
+        if image_id in seen:
+            dups.append(i)
+        else:
+            seen.add(image_id)
+            keep.append(i)
+    if not dups:
+        return manifest, []
+    dup_rows = manifest.take(dups).select(["image_id", "image_uri"]).to_pylist()
+    return manifest.take(keep), [quarantine_row(r, "duplicate", "image_id already in the manifest") for r in dup_rows]
+
+
+def _read_ids(images_dir: str) -> list[str]:
+    if not storage.exists(images_dir) or not any(Path(images_dir).glob("*.parquet")) and not storage.is_uri(images_dir):
+        return []
+    return storage.read_table(images_dir, columns=["image_id"]).column("image_id").to_pylist()
+
+
+def _collect_quarantine(parts_dir: str, extra: list[dict]) -> pa.Table:
+    tables = [pa.Table.from_pylist(extra, schema=QUARANTINE_SCHEMA)]
+    if storage.exists(parts_dir) and (storage.is_uri(parts_dir) or any(Path(parts_dir).glob("*.parquet"))):
+        tables.append(storage.read_table(parts_dir).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA))
+    table = pa.concat_tables(tables)
+    if table.num_rows:  # a retried task may have written the same record twice
+        table = pa.Table.from_pylist(list({r["image_id"]: r for r in table.to_pylist()}.values()),
+                                     schema=QUARANTINE_SCHEMA)
+        table = table.sort_by("image_id")
+    return table
+
+
+__all__ = ["PREPARED_SCHEMA", "run_prepare"]
