@@ -60,24 +60,35 @@ ATTRIBUTE_SYNONYMS: dict[str, tuple[str, ...]] = {
     **{w: ("right",) for w in ("right", "right sided", "right side", "rightsided", "rt")},
     **{w: ("bilateral",) for w in (
         "bilateral", "bilaterally", "both", "both lungs", "both sides", "bilat", "each lung")},
-    **{w: ("upper",) for w in ("upper", "upper lobe", "upper lobes", "upper lung", "upper zone",
-                                "upper zones", "upper lung zone", "upper lung zones")},
+    **{w: ("upper",) for w in ("upper", "upper lobe", "upper lung", "upper zone", "upper lung zone")},
     **{w: ("middle",) for w in ("middle", "middle lobe", "mid", "midlung", "mid lung", "midzone",
                                  "mid zone", "mid lungs", "midlungs", "middle zone")},
-    **{w: ("lower",) for w in ("lower", "lower lobe", "lower lobes", "lower lung", "lower zone",
-                                "lower zones", "lower lung zone", "lower lung zones")},
-    **{w: ("basal",) for w in ("base", "bases", "basilar", "basal", "basally", "basilar segment",
-                                "lung base", "lung bases", "basilarly")},
+    **{w: ("lower",) for w in ("lower", "lower lobe", "lower lung", "lower zone", "lower lung zone")},
+    # plural zones name both lungs: "opacities in the lower lobes" -> lower + bilateral
+    **{w: ("upper", "bilateral") for w in ("upper lobes", "upper lungs", "upper zones",
+                                            "upper lung zones")},
+    **{w: ("lower", "bilateral") for w in ("lower lobes", "lower lungs", "lower zones",
+                                            "lower lung zones")},
+    **{w: ("basal",) for w in ("base", "basilar", "basal", "basally", "basilar segment",
+                                "lung base", "basilarly")},
     **{w: ("basal", "bilateral") for w in (
         "bibasilar", "bibasal", "bi basilar", "bibasally", "bibasilarly", "both bases",
-        "both lung bases")},
-    **{w: ("apical",) for w in ("apex", "apices", "apical", "apically", "apicoposterior")},
-    ("biapical"): ("apical", "bilateral"),
+        "both lung bases", "bases", "lung bases")},
+    **{w: ("apical",) for w in ("apex", "apical", "apically", "apicoposterior")},
+    **{w: ("apical", "bilateral") for w in ("biapical", "apices", "lung apices")},
     **{w: ("perihilar",) for w in ("perihilar", "parahilar", "hilar", "hilum", "hila", "perihilum")},
     **{w: ("perihilar", "bilateral") for w in ("bihilar", "biperihilar")},
     **{w: ("peripheral",) for w in ("peripheral", "periphery", "peripherally", "subpleural")},
     **{w: ("retrocardiac",) for w in ("retrocardiac", "behind the heart")},
     **{w: ("lingular",) for w in ("lingula", "lingular")},
+    # the lingula is the left mid-lung zone of a frontal film; the Indiana coders write it so
+    # (and never add "left" to it: the lingula is left by definition)
+    **{w: ("lingular",) for w in ("left midlung", "left mid lung", "left middle lung",
+                                   "left midzone", "left mid zone", "left mid lungs", "left lingula",
+                                   "left lingular")},
+    # "bibasilar opacities, left greater than right": both sides, coded as bilateral only
+    **{f"{a} {cmp} than {b}": ("bilateral",) for a, b in (("left", "right"), ("right", "left"))
+       for cmp in ("greater", "more", "worse", "larger", "denser", "less", "rather")},
     **{w: ("diffuse",) for w in ("diffuse", "diffusely", "widespread", "throughout")},
     **{w: ("focal",) for w in ("focal", "focally", "localized", "focus")},
     **{w: ("patchy",) for w in ("patchy", "patchily", "patches", "patch")},
@@ -122,14 +133,20 @@ UNCERTAIN_PRE: tuple[str, ...] = (
     "rule out", "r o", "to exclude", "evaluate for", "evaluation for", "equivocal",
     "indeterminate", "differential", "differential diagnosis", "raises concern", "raise concern",
     "cannot be excluded", "cannot be ruled out", "can t exclude", "can t rule out", "doubtful",
-    "conceivably", "perhaps", "either", "developing", "early", "incipient", "versus", "vs",
+    "conceivably", "perhaps", "either", "developing", "early", "incipient",
     "represent", "represents", "reflect", "reflects", "representing", "reflecting")
 UNCERTAIN_POST: tuple[str, ...] = (
     "cannot be excluded", "can not be excluded", "not excluded", "cannot be ruled out",
     "can not be ruled out", "not ruled out", "not be excluded", "is possible", "are possible",
     "is suspected", "are suspected", "is questioned", "is not excluded", "difficult to exclude",
     "cannot be entirely excluded", "not entirely excluded", "cannot be completely excluded",
-    "versus", "vs", "or", "is not completely excluded", "questioned")
+    "is not completely excluded", "questioned")
+# A differential ("atelectasis versus pneumonia", "atelectasis/infiltrate", "? pneumonia") hedges
+# the nearest finding on each side (within 4 tokens), not the whole clause.
+UNCERTAIN_DIFFERENTIAL: tuple[str, ...] = ("versus", "vs", "or", "and or", "/", "?")
+# Words that coordinate two findings so that they share their pre-modifiers:
+# "bibasilar atelectasis/infiltrate" -> the infiltrate is bibasilar too.
+COORDINATORS: tuple[str, ...] = ("and", "or", "and or", "/", ",", "versus", "vs", "xxxx")
 # A history/comparison scope: findings in it are past, neither present nor uncertain.
 HISTORY_PRE: tuple[str, ...] = (
     "history of", "hx of", "h o", "prior history of", "previous history of", "known history of",
@@ -141,8 +158,7 @@ SCOPE_END: tuple[str, ...] = (
     "with the exception", "there is", "there are", "there has", "otherwise", "other than", "whereas",
     "while", "although there", "yet", "though there", "concerning", "consistent with",
     "compatible with", "likely", "probably", "probable", "most likely", "and there", "now",
-    "secondary to", "due to", "given", "in the setting", "as well as", "is", "are", "was", "were",
-    "has", "have", "seen", "noted", "identified", "present", "persists", "persistent")
+    "secondary to", "due to", "given", "in the setting", "as well as", "persists", "persistent")
 # Section headers (a word followed by ':'): history sections hold clinical history, not findings.
 HISTORY_SECTIONS: tuple[str, ...] = (
     "indication", "indications", "history", "clinical history", "clinical indication",
@@ -168,10 +184,11 @@ OTHER_FINDINGS: tuple[str, ...] = (
     "shoulder", "catheter", "tube", "line", "port", "pacemaker", "sternotomy", "clips", "stent",
     "picc", "wires", "wire", "artifact", "breast", "nipple", "soft tissue", "costophrenic",
     "angle", "angles", "sulcus", "pleura", "pleural", "fissure", "vasculature", "vascularity",
-    "bronchovascular", "silhouette", "contour", "contours", "ventricle", "atrium", "interstitial",
+    "bronchovascular", "silhouette", "contour", "contours", "ventricle", "atrium",
     "volumes", "volume", "dilated", "bowel", "stomach", "abdomen", "thyroid", "trachea",
     "lymph", "node", "nodes", "hilar adenopathy", "cardiomediastinal", "blunting", "blunted",
     "collapse", "pneumoperitoneum", "chest wall", "skin", "subcutaneous", "spleen", "liver",
     "metastases", "metastasis", "osseous", "bony", "bones", "bone", "lucency", "lucencies",
     "granulomatous", "azygos", "vein", "hyperlucent", "hyperlucency", "tb", "tuberculosis",
-    "cancer", "carcinoma", "tumor", "neoplasm", "malignancy", "infection", "aspiration")
+    "cancer", "carcinoma", "tumor", "neoplasm", "malignancy", "infection", "aspiration", "changes",
+    "disease", "copd", "ards")
