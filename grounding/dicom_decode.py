@@ -20,8 +20,6 @@ import warnings
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
-
 from grounding.imaging import DecodedImage, QuarantineError, Reason, normalise_intensity
 
 # SOP classes we treat as single-frame projection radiographs.
@@ -34,7 +32,7 @@ RADIOGRAPH_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word SC Image Storage",
 }
 # CR/DX SOP classes imply the modality; a secondary capture must say CR or DX itself.
-_IMPLIES_MODALITY = {"1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1"}
+_IMPLIES_MODALITY = {uid for uid, name in RADIOGRAPH_SOP_CLASSES.items() if name.startswith(("CR ", "DX "))}
 RADIOGRAPH_MODALITIES = ("CR", "DX")
 _CANDIDATE_TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
@@ -55,10 +53,13 @@ _CANDIDATE_TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.4.203",  # HTJ2K
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_TRUNCATION_HINTS = ("less than expected", "end of file", "eof", "truncat", "insufficient", "too short")
+_TRUNCATION_HINTS = (
+    "less than expected", "end of file", "unexpected eof", "truncat", "unpack requires a buffer",
+)
 
 
-def _silence_pydicom() -> None:
+def silence_pydicom() -> None:
+    """Keep pydicom log records (which can quote header values and file names) out of every log."""
     # pydicom logs e.g. "Invalid value for VR ..." with the value itself; keep it out of job logs.
     logger = logging.getLogger("pydicom")
     logger.setLevel(logging.CRITICAL + 1)
@@ -67,7 +68,7 @@ def _silence_pydicom() -> None:
         logger.addHandler(logging.NullHandler())
 
 
-_silence_pydicom()
+silence_pydicom()
 
 
 @lru_cache(maxsize=1)
@@ -90,7 +91,7 @@ def looks_like_dicom(data: bytes) -> bool:
     """'DICM' at byte 128, or a raw dataset (no preamble) starting with group 0x0002 or 0x0008."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return True
-    if len(data) < 132 and len(data) >= 4 and data[: min(len(data), 128)].count(0) == min(len(data), 128):
+    if 4 <= len(data) < 132 and not any(data[:128]) and b"DICM".startswith(data[128:]):
         return True  # a preamble of zeros cut short: a truncated DICOM, not something else
     if len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[3] == 0:
         vr = data[4:6]
@@ -100,21 +101,48 @@ def looks_like_dicom(data: bytes) -> bool:
 
 
 def _read(data: bytes, name: str, header_only: bool):
+    """dcmread on the bytes; truncation is detected structurally (pydicom reads short values silently)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     force = data[128:132] != b"DICM"
+    if len(data) < 132 and not any(data[:128]) and b"DICM".startswith(data[128:]):
+        raise QuarantineError(Reason.TRUNCATED, "file ends inside the 128-byte preamble", name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only, force=force)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only, force=force)
     except InvalidDicomError:
+        if not force and len(data) < 256:  # 'DICM' present but the file meta is cut
+            raise QuarantineError(Reason.TRUNCATED, "file ends inside the file meta", name) from None
         raise QuarantineError(Reason.NOT_DICOM, "not a DICOM file (invalid preamble/meta)", name) from None
     except (EOFError, OSError) as err:
-        raise QuarantineError(Reason.TRUNCATED, f"file ends inside the header ({type(err).__name__})", name) from None
+        message = f"file ends inside the header ({type(err).__name__})"
+        raise QuarantineError(Reason.TRUNCATED, message, name) from None
     except Exception as err:  # noqa: BLE001 - any parser failure is this file's problem, not the job's
-        reason = Reason.TRUNCATED if _looks_truncated(err) else Reason.NOT_DICOM
-        raise QuarantineError(reason, f"DICOM header could not be parsed ({type(err).__name__})", name) from None
+        cut = _looks_truncated(err) or (not force and len(data) < 256)
+        reason = Reason.TRUNCATED if cut else Reason.NOT_DICOM
+        message = f"DICOM header could not be parsed ({type(err).__name__})"
+        raise QuarantineError(reason, message, name) from None
+    if _is_cut_short(ds, len(data), [str(w.message) for w in caught]):
+        raise QuarantineError(Reason.TRUNCATED, "file ends before the last data element is complete", name)
+    return ds
+
+
+def _is_cut_short(ds, size: int, warning_texts: list[str]) -> bool:
+    """True when the bytes end inside a data element (pydicom returns what it read, no error)."""
+    if any(h in text.lower() for text in warning_texts for h in _TRUNCATION_HINTS):  # undefined lengths
+        return True
+    tags = list(ds.keys())
+    if not tags:
+        return True  # file meta only: the dataset itself is missing
+    last = ds.get_item(max(tags))
+    length, tell, value = (getattr(last, k, None) for k in ("length", "value_tell", "value"))
+    if length is None or tell is None or length == 0xFFFFFFFF:
+        return False
+    if isinstance(value, (bytes, bytearray)) and len(value) < length:
+        return True  # last value shorter than its declared length
+    return 0 < size - (tell + length) < 8  # a tag header cut in the middle
 
 
 def _looks_truncated(err: BaseException) -> bool:
@@ -150,7 +178,8 @@ def _check_header(ds, name: str, max_pixels: int) -> dict[str, Any]:
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if sop and sop not in RADIOGRAPH_SOP_CLASSES:
         known = UID(sop).name if UID(sop).is_valid and UID(sop).name != sop else "an unknown SOP class"
-        raise QuarantineError(Reason.NOT_RADIOGRAPH, f"SOP class '{known}' is not CR/DX/secondary capture", name)
+        message = f"SOP class '{known}' is not CR/DX/secondary capture"
+        raise QuarantineError(Reason.NOT_RADIOGRAPH, message, name)
     if modality not in RADIOGRAPH_MODALITIES and not (modality == "" and sop in _IMPLIES_MODALITY):
         raise QuarantineError(Reason.NOT_RADIOGRAPH, "modality is not CR or DX", name)
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
@@ -223,8 +252,11 @@ def decode_dicom(
     except MemoryError:
         raise QuarantineError(Reason.TOO_LARGE, "out of memory while decoding", name) from None
     except Exception as err:  # noqa: BLE001 - codec errors come in many types
-        reason = Reason.TRUNCATED if _looks_truncated(err) else Reason.DECODE_ERROR
-        raise QuarantineError(reason, f"pixel data could not be decoded ({type(err).__name__})", name) from None
+        # Cut files were caught by _read; a codec's own "EOF" text means a corrupt stream.
+        short = isinstance(err, ValueError) and "less than expected" in str(err)
+        reason = Reason.TRUNCATED if short else Reason.DECODE_ERROR
+        message = f"pixel data could not be decoded ({type(err).__name__})"
+        raise QuarantineError(reason, message, name) from None
     if values.shape != (info["height"], info["width"]):
         raise QuarantineError(Reason.DECODE_ERROR, "decoded shape does not match Rows/Columns", name)
     invert = info["photometric"] == "MONOCHROME1" or info["presentation_lut_shape"] == "INVERSE"

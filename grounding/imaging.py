@@ -26,6 +26,7 @@ Resizing (:func:`resize_uint8`) is a plain anisotropic resize to a square; boxes
 from __future__ import annotations
 
 import enum
+import io
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -74,7 +75,8 @@ class QuarantineError(Exception):
         self.reason = Reason(reason)
         self.message = message
         self.name = name
-        super().__init__(f"{name}: {self.reason.value}: {message}" if name else f"{self.reason.value}: {message}")
+        text = f"{self.reason.value}: {message}"
+        super().__init__(f"{name}: {text}" if name else text)
 
     def __reduce__(self):  # picklable across Ray workers with all three fields
         return (QuarantineError, (self.reason, self.message, self.name))
@@ -121,13 +123,16 @@ def decode_bytes(
     if len(data) == 0:
         raise QuarantineError(Reason.EMPTY_FILE, "the file is empty (0 bytes)", name)
     kwargs = dict(max_pixels=max_pixels, low_percentile=low_percentile, high_percentile=high_percentile)
+    from grounding import dicom_decode
+
+    # 'DICM' first: a DICOM preamble may itself hold another format's header (dual-format files).
+    if data[128:132] == b"DICM":
+        return dicom_decode.decode_dicom(data, name, **kwargs)
     if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
         from grounding import raster_decode
 
         return raster_decode.decode_raster(data, name, **kwargs)
-    from grounding import dicom_decode
-
-    if dicom_decode.looks_like_dicom(data):
+    if dicom_decode.looks_like_dicom(data):  # raw dataset without preamble, or a cut preamble
         return dicom_decode.decode_dicom(data, name, **kwargs)
     if PurePosixPath(name.lower()).suffix in _RASTER_SUFFIXES:
         raise QuarantineError(Reason.BAD_IMAGE, "not a PNG or JPEG stream (bad magic bytes)", name)
@@ -155,7 +160,8 @@ def decode_file(path: str, *, max_pixels: int, low_percentile: float, high_perce
     except QuarantineError:
         raise
     except (OSError, ValueError) as err:  # missing file, permission, storage errors
-        raise QuarantineError(Reason.UNREADABLE, f"cannot read the file ({type(err).__name__})", path) from None
+        message = f"cannot read the file ({type(err).__name__})"
+        raise QuarantineError(Reason.UNREADABLE, message, path) from None
     return decode_bytes(
         data, path, max_pixels=max_pixels, low_percentile=low_percentile, high_percentile=high_percentile
     )
@@ -186,17 +192,42 @@ def normalise_intensity(
     if not vmax > vmin:
         raise QuarantineError(Reason.DEGENERATE_INTENSITY, "constant image (min == max)", name)
     step = max(1, int(np.ceil(np.sqrt(x.size / _PERCENTILE_SAMPLE))))
-    sample = x[::step, ::step].astype(np.float64).ravel()
+    sample = x[::step, ::step]
     # The window is chosen in display polarity: for an inverted image the dark end is high values.
     q = (100.0 - high_percentile, 100.0 - low_percentile) if invert else (low_percentile, high_percentile)
-    lo, hi = (float(v) for v in np.percentile(sample, q))
+    lo, hi = _percentiles(sample, q, vmin, vmax)
     voi = f"percentile({low_percentile:g},{high_percentile:g})"
     if not hi > lo:  # e.g. > 99 % of pixels share one value: use the full range instead
         lo, hi, voi = vmin, vmax, "minmax_fallback"
-    scaled = (hi - x.astype(np.float64)) if invert else (x.astype(np.float64) - lo)
-    pixels = np.clip(scaled / (hi - lo), 0.0, 1.0).astype(np.float32)
+    y = x.astype(np.float64)  # float64: exact for any stored integer and the M1/M2 symmetry
+    if invert:
+        np.subtract(hi, y, out=y)
+    else:
+        y -= lo
+    y *= 1.0 / (hi - lo)
+    pixels = np.clip(y, 0.0, 1.0, out=y).astype(np.float32)
     info = {"voi": voi, "window_low": lo, "window_high": hi, "inverted": bool(invert)}
     return pixels, info
+
+
+def _percentiles(sample: np.ndarray, q: tuple[float, float], vmin: float, vmax: float) -> tuple[float, float]:
+    """``np.percentile(sample, q)`` (linear method), by counting when values are small integers.
+
+    Counting is exact and ~10x faster than sorting for 8-16-bit images, the common case.
+    """
+    if sample.dtype.kind in "iub" and vmax - vmin < (1 << 20):
+        counts = np.bincount((sample.ravel().astype(np.int64) - int(vmin)))
+        cum = np.cumsum(counts)
+        out = []
+        for pct in q:
+            rank = pct / 100.0 * (sample.size - 1)  # numpy's "linear" virtual index
+            below = int(np.floor(rank))
+            ranks = (below, min(below + 1, sample.size - 1))
+            v0, v1 = (float(np.searchsorted(cum, k, side="right")) + vmin for k in ranks)
+            out.append(v0 + (rank - below) * (v1 - v0))
+        return out[0], out[1]
+    lo, hi = np.percentile(sample.astype(np.float64).ravel(), q)
+    return float(lo), float(hi)
 
 
 def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
@@ -223,3 +254,55 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
     """Float [0, 1] (H, W) -> uint8 (H, W) at the same size (for viewing)."""
     return np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# Keys of ``DecodedImage.info`` that ``inspect`` prints (all PHI-free by construction).
+INSPECT_KEYS = (
+    "source_format", "transfer_syntax", "transfer_syntax_name", "sop_class_name", "modality", "photometric",
+    "presentation_lut_shape", "bits_stored", "bits_allocated", "voi", "window_low", "window_high", "inverted",
+)
+
+
+def inspect_file(
+    path: str,
+    *,
+    max_pixels: int,
+    low_percentile: float,
+    high_percentile: float,
+    png_path: str | None = None,
+    png_size: int | None = None,
+) -> dict[str, Any]:
+    """Decode one file with :func:`decode_file` and describe it as one JSON-able record.
+
+    Args:
+        path: local path or URI.
+        png_path: when set, the normalised image is written there as an 8-bit PNG (atomically);
+            at original resolution, or resized by :func:`resize_uint8` to ``png_size`` if given.
+
+    Returns:
+        ``{"file", "status": "decoded", <INSPECT_KEYS>, "shape": [H, W], "min", "max", "mean"}``
+        (statistics of the normalised image) or
+        ``{"file", "status": "quarantined", "reason", "message"}``. No header identifier appears.
+    """
+    try:
+        decoded = decode_file(
+            path, max_pixels=max_pixels, low_percentile=low_percentile, high_percentile=high_percentile
+        )
+    except QuarantineError as err:
+        return {"file": path, "status": "quarantined", "reason": err.reason.value, "message": err.message}
+    info, pixels = decoded.info, decoded.pixels
+    record: dict[str, Any] = {"file": path, "status": "decoded"}
+    record.update({k: info.get(k) for k in INSPECT_KEYS})
+    record["shape"] = [int(info["height"]), int(info["width"])]
+    record.update(min=float(pixels.min()), max=float(pixels.max()), mean=round(float(pixels.mean()), 6))
+    if png_path:
+        from PIL import Image
+
+        from grounding import storage
+
+        image = resize_uint8(pixels, png_size) if png_size else to_uint8(pixels)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        storage.atomic_write_bytes(png_path, buf.getvalue())
+        record["png"] = png_path
+    return record
