@@ -16,9 +16,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     import ray
 
+    from grounding.cluster_checks import check_auth_for_cluster
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    for warning in check_auth_for_cluster(address):
+        log.warning("%s", warning)
     env = {"RAY_TRAIN_V2_ENABLED": "1"}
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if address:
@@ -45,3 +49,23 @@ def is_multi_node() -> bool:
     import ray
 
     return sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+
+
+def storage_path(work_dir: str, configured: str = "") -> str:
+    """Ray Train/Tune storage: ``configured`` or ``<work_dir>/ray_storage``, made absolute.
+
+    On a multi-node cluster a path only one node can see is refused with a message saying what to
+    do (``grounding.cluster_checks.check_storage_path``).
+    """
+    from pathlib import Path
+
+    from grounding.cluster_checks import check_storage_path
+
+    path = configured or str(Path(work_dir) / "ray_storage")
+    if "://" not in path:
+        path = str(Path(path).absolute())
+    import ray
+
+    if ray.is_initialized():
+        check_storage_path(path, is_multi_node())
+    return path
