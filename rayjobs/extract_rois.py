@@ -1,0 +1,48 @@
+"""``grounding extract-rois``: the frozen detector once per prepared image -> the ROI cache (Ray Data).
+
+    grounding extract-rois --prepared runs/x/prepared --detector runs/x/detector/detector.pt --out runs/x/rois
+
+Rerunning into the same ``--out`` only processes images not yet in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging
+
+
+def get_args_parser(add_help: bool = True):
+    parser = common_parser("Ray Data: frozen detector once per image -> ROI cache", add_help)
+    parser.add_argument("--prepared", required=True, help="prepared-image cache folder (Parquet shards)")
+    parser.add_argument("--detector", required=True, help="detector.pt (detector.json + .sha256 next to it)")
+    parser.add_argument("--out", required=True, help="ROI cache folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    setup_logging()
+    cfg = build_config(args)
+    from grounding.detector import WeightsError
+    from grounding.ray_detector import run_extract_rois
+    from grounding.ray_runtime import init_ray
+
+    init_ray(args.address)
+    try:
+        result = run_extract_rois(cfg, args.prepared, args.detector, args.out)
+    except (WeightsError, ValueError, FileNotFoundError) as err:
+        print(f"extract-rois: {err}", file=sys.stderr)
+        return 1
+    finally:
+        import ray
+
+        if not args.address:
+            ray.shutdown()
+    print(json.dumps(result))
+    return 0 if result["missing"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
