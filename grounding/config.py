@@ -158,17 +158,25 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class WordVectorConfig:
+    """gensim Word2Vec on the report corpus (design.md 1.2); always workers=1, so a seed is exact."""
+
     vector_size: int = 64  # d: dimension of m_j and of phi_i
     window: int = 5
     min_count: int = 2
     epochs: int = 30
     seed: int = 0
+    skip_gram: bool = True  # skip-gram (True) or CBOW (False); skip-gram suits small corpora
+    negative_rule: str = "attributes"  # attributes: nearest other attribute | vocabulary: any word
+    batch_size: int = 256  # reports per Ray Data batch when tokenising
 
     def validate(self, prefix: str) -> None:
         _check(4 <= self.vector_size <= 1024, f"{prefix}.vector_size", "must be in [4, 1024]")
         _check(self.window >= 1, f"{prefix}.window", "must be >= 1")
         _check(self.min_count >= 1, f"{prefix}.min_count", "must be >= 1")
         _check(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
+        _check(self.negative_rule in ("attributes", "vocabulary"), f"{prefix}.negative_rule",
+               "must be 'attributes' or 'vocabulary'")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -185,8 +193,8 @@ class DetectorConfig:
     detections_per_img: int = 10
     epochs: int = 8
     batch_size: int = 8
-    lr: float = 0.01
-    optimizer: str = "sgd"  # sgd (momentum 0.9, the torchvision detection recipe) | adamw
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # adamw (measured to localise blobs from random init) | sgd (momentum 0.9)
     weight_decay: float = 1e-4
     grad_clip: float = 10.0  # max grad norm per step; 0 = off
     trainable_backbone_layers: int = 5  # 0-5 ResNet stages trained (5 = all; from scratch needs all)
@@ -290,9 +298,16 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 2
     checkpoints_to_keep: int = 2
+    max_consecutive_nonfinite: int = 3  # NaN/Inf steps in a row before NonFiniteLossError
+    shuffle_buffer_batches: int = 4  # local shuffle buffer, in batches (0 = no shuffle)
+    materialize: bool = True  # cache the ROI datasets in the object store once (False: stream Parquet each epoch)
+    tensorboard: bool = True  # rank-0 TensorBoard event files under the run folder
+    mlflow_tracking_uri: str = ""  # MLflow when installed; empty = <run folder>/mlruns
 
     def validate(self, prefix: str) -> None:
         _check(self.num_workers >= 0, f"{prefix}.num_workers", "must be >= 0")
+        _check(self.max_consecutive_nonfinite >= 1, f"{prefix}.max_consecutive_nonfinite", "must be >= 1")
+        _check(self.shuffle_buffer_batches >= 0, f"{prefix}.shuffle_buffer_batches", "must be >= 0")
         _check(self.cpus_per_worker > 0, f"{prefix}.cpus_per_worker", "must be > 0")
         _check(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1 = forever)")
         _check(self.checkpoints_to_keep >= 1, f"{prefix}.checkpoints_to_keep", "must be >= 1")
@@ -304,11 +319,19 @@ class EvalConfig:
     bootstrap_samples: int = 1000
     folds: int = 5
     seed: int = 0
+    confidence: float = 0.95  # bootstrap CI level (grounding.bootstrap)
+    cam_threshold: float = 0.5  # CAM/Grad-CAM box: pixels >= cam_threshold * max (grounding.cam)
+    cam_epochs: int = 5  # CAM baseline classifier training (grounding.cam_train)
+    cam_input_size: int = 128
 
     def validate(self, prefix: str) -> None:
         _check(all(0.0 < t <= 1.0 for t in self.iou_thresholds), f"{prefix}.iou_thresholds", "must be in (0, 1]")
         _check(self.bootstrap_samples >= 0, f"{prefix}.bootstrap_samples", "must be >= 0")
         _check(self.folds >= 2, f"{prefix}.folds", "must be >= 2")
+        _check(0.0 < self.confidence < 1.0, f"{prefix}.confidence", "must be in (0, 1)")
+        _check(0.0 < self.cam_threshold <= 1.0, f"{prefix}.cam_threshold", "must be in (0, 1]")
+        _check(self.cam_epochs >= 1, f"{prefix}.cam_epochs", "must be >= 1")
+        _check(16 <= self.cam_input_size <= 1024, f"{prefix}.cam_input_size", "must be in [16, 1024]")
 
 
 @dataclass(frozen=True)
