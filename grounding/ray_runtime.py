@@ -29,8 +29,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": env}, log_to_driver=True)
+        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       runtime_env={"env_vars": env}, log_to_driver=True)
+        # Ray Train's placement-group cleaner and Tune's drivers look the cluster up by address; on a
+        # machine with several local Ray instances they would otherwise refuse to guess.
+        os.environ["RAY_ADDRESS"] = ctx.address_info["address"]
 
 
 def cluster_cpus() -> int:
