@@ -1,0 +1,232 @@
+"""Training and evaluation loops: plain torch over an iterable of :class:`RoiBatch`.
+
+No Ray here (``grounding.ray_train`` is the glue). Under ``torch.distributed`` the per-step
+"is this step usable" flag is all-reduced so every rank skips the same steps: a rank that skipped
+``backward`` alone would leave the others waiting in DDP's gradient all-reduce forever.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from grounding.batching import RoiBatch
+from grounding.losses import output_loss
+
+# Metric names (flat snake_case, used by the loop, ray.train.report, TensorBoard and Tune).
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"
+TRAIN_TRIPLET = "train_triplet"
+TRAIN_BCE = "train_bce"
+VAL_LOSS = "val_loss"
+VAL_TRIPLET = "val_triplet"
+VAL_BCE = "val_bce"
+VAL_AUC = "val_attribute_auc"
+EPOCH_SECONDS = "epoch_seconds"
+SKIPPED_STEPS = "skipped_steps"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive NaN/Inf losses; names the (pseudonymous) image ids of the last batch."""
+
+    def __init__(self, count: int, image_ids: Sequence[str]) -> None:
+        self.count = count
+        self.image_ids = list(image_ids)
+        shown = ", ".join(self.image_ids[:16]) + (" ..." if len(self.image_ids) > 16 else "")
+        super().__init__(
+            f"{count} consecutive non-finite losses; last batch image ids: [{shown}]. "
+            "Check these ROI rows, or lower optim.lr / keep optim.grad_clip > 0."
+        )
+
+
+@dataclass
+class EpochStats:
+    loss: float = float("nan")
+    triplet: float = float("nan")
+    bce: float = float("nan")
+    steps: int = 0
+    samples: int = 0
+    skipped_nonfinite: int = 0
+    skipped_empty: int = 0
+    seconds: float = 0.0
+    first_step_time: float = 0.0  # wall clock (time.time) after the first optimizer step, for benchmarks
+
+
+@dataclass
+class EvalStats:
+    loss: float = float("nan")
+    triplet: float = float("nan")
+    bce: float = float("nan")
+    auc: float = float("nan")
+    samples: int = 0
+    probabilities: Optional[np.ndarray] = field(default=None, repr=False)  # (N, 22)
+    targets: Optional[np.ndarray] = field(default=None, repr=False)
+
+
+def _all_ranks_ok(ok: bool, device: torch.device) -> bool:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([1.0 if ok else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item() > 0.5)
+    return ok
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Optional[RoiBatch]],
+    beta: float,
+    use_classification: bool,
+    bce_weight: float,
+    grad_clip: float = 0.0,
+    max_consecutive_nonfinite: int = 3,
+    device: torch.device | str = "cpu",
+) -> EpochStats:
+    """One pass over ``batches``; a non-finite loss skips the step (counted).
+
+    Args:
+        model: a :class:`GroundingModel` (possibly DDP-wrapped).
+        optimizer: over the model's trainable parameters.
+        batches: RoiBatches; ``None`` items (all rows invalid) are skipped on every rank.
+        beta, use_classification, bce_weight: loss settings (``grounding.losses``).
+        grad_clip: max gradient norm (0 = off).
+        max_consecutive_nonfinite: raise :class:`NonFiniteLossError` after this many in a row.
+        device: where tensors go.
+
+    Returns:
+        :class:`EpochStats` with sample-weighted mean losses over the steps taken.
+    """
+    device = torch.device(device)
+    model.train()
+    stats = EpochStats()
+    sums = np.zeros(3)
+    consecutive = 0
+    start = time.perf_counter()
+    for batch in batches:
+        parts = None
+        if batch is not None and len(batch):
+            batch = batch.to(device)
+            out = model(**batch.model_inputs())
+            parts = output_loss(out, batch.targets, beta, use_classification, bce_weight)
+        finite = parts is not None and bool(torch.isfinite(parts.total).item())
+        if not _all_ranks_ok(finite, device):
+            optimizer.zero_grad(set_to_none=True)
+            if parts is None and batch is None:
+                stats.skipped_empty += 1
+                continue
+            stats.skipped_nonfinite += 1
+            consecutive += 1
+            if consecutive >= max_consecutive_nonfinite:
+                raise NonFiniteLossError(consecutive, batch.image_ids if batch is not None else [])
+            continue
+        consecutive = 0
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        n = len(batch)
+        sums += n * np.array([parts.total.item(), parts.triplet.item(), parts.bce.item()])
+        stats.samples += n
+        stats.steps += 1
+        if stats.steps == 1:
+            stats.first_step_time = time.time()
+    if stats.samples:
+        stats.loss, stats.triplet, stats.bce = (sums / stats.samples).tolist()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def attribute_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """Macro ROC AUC over the attributes that have both classes in ``targets`` (NaN if none)."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = []
+    for j in range(targets.shape[1]):
+        col = targets[:, j]
+        if 0 < col.sum() < len(col):
+            aucs.append(roc_auc_score(col, probabilities[:, j]))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+@torch.no_grad()
+def evaluate_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[Optional[RoiBatch]],
+    beta: float,
+    use_classification: bool,
+    bce_weight: float,
+    device: torch.device | str = "cpu",
+) -> EvalStats:
+    """Validation: mean losses (non-finite batches excluded), attribute probabilities and macro AUC."""
+    device = torch.device(device)
+    model.eval()
+    sums = np.zeros(3)
+    n_loss = 0
+    probs, targets = [], []
+    for batch in batches:
+        if batch is None or not len(batch):
+            continue
+        batch = batch.to(device)
+        out = model(**batch.model_inputs())
+        parts = output_loss(out, batch.targets, beta, use_classification, bce_weight)
+        probs.append(out.probabilities.float().cpu().numpy())
+        targets.append(batch.targets.cpu().numpy())
+        if torch.isfinite(parts.total):
+            sums += len(batch) * np.array([parts.total.item(), parts.triplet.item(), parts.bce.item()])
+            n_loss += len(batch)
+    stats = EvalStats()
+    if probs:
+        stats.probabilities = np.concatenate(probs)
+        stats.targets = np.concatenate(targets)
+        stats.samples = len(stats.targets)
+        stats.auc = attribute_auc(stats.probabilities, stats.targets)
+    if n_loss:
+        stats.loss, stats.triplet, stats.bce = (sums / n_loss).tolist()
+    return stats
+
+
+def should_stop(val_losses: Sequence[float], patience: int, min_rel_change: float) -> bool:
+    """Early stopping (paper: stop when the validation loss changed < 0.1 % over 10 epochs).
+
+    Stops when the best loss of the last ``patience`` epochs improves on the best loss before them
+    by less than ``min_rel_change`` relative. A rising loss therefore stops too. Never stops before
+    ``patience + 1`` epochs; non-finite losses count as no improvement.
+    """
+    vals = [v if math.isfinite(v) else math.inf for v in val_losses]
+    if len(vals) <= patience:
+        return False
+    before = min(vals[:-patience])
+    recent = min(vals[-patience:])
+    if not math.isfinite(before):
+        return not math.isfinite(recent)
+    return (before - recent) < min_rel_change * max(abs(before), 1e-12)
+
+
+def epoch_metrics(epoch: int, train: EpochStats, val: EvalStats) -> dict[str, float]:
+    """The flat per-epoch metrics dict (see the constants above)."""
+    return {
+        EPOCH: epoch, TRAIN_LOSS: train.loss, TRAIN_TRIPLET: train.triplet, TRAIN_BCE: train.bce,
+        VAL_LOSS: val.loss, VAL_TRIPLET: val.triplet, VAL_BCE: val.bce, VAL_AUC: val.auc,
+        EPOCH_SECONDS: train.seconds, SKIPPED_STEPS: train.skipped_nonfinite + train.skipped_empty,
+    }
+
+
+def progress_line(m: dict) -> str:
+    """One human line per epoch."""
+    return (
+        f"epoch {m[EPOCH]:>3d}  train {m[TRAIN_LOSS]:.4f} (triplet {m[TRAIN_TRIPLET]:.4f}, bce {m[TRAIN_BCE]:.4f})"
+        f"  val {m[VAL_LOSS]:.4f}  val_auc {m[VAL_AUC]:.3f}  {m[EPOCH_SECONDS]:.1f} s/epoch"
+        + (f"  skipped {m[SKIPPED_STEPS]}" if m.get(SKIPPED_STEPS) else "")
+    )
+
+
+__all__ = [
+    "EpochStats", "EvalStats", "NonFiniteLossError", "attribute_auc", "epoch_metrics", "evaluate_epoch",
+    "progress_line", "should_stop", "train_one_epoch",
+]

@@ -1,0 +1,91 @@
+"""GroundingModel: equations of phi/alpha/v, one output type in every mode, padding, localize."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from grounding.attention import cross_attention
+from grounding.config import ModelConfig, SimilarityNorm
+from grounding.model import GroundingModel, GroundingOutput, build_model, localize
+
+
+def _model(c=8, d=6, **kw):
+    rng = np.random.default_rng(0)
+    return GroundingModel(c, rng.standard_normal((22, d)), rng.standard_normal((22, d)), roi_hidden=0,
+                          geometry_dim=4, alpha_hidden=5, classifier_hidden=(7,), dropout=0.0, **kw)
+
+
+def _inputs(b=2, k=4, c=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(roi_features=torch.randn(b, k, c, generator=g), roi_boxes=torch.rand(b, k, 4, generator=g),
+                roi_scores=torch.rand(b, k, generator=g), roi_mask=torch.ones(b, k, dtype=torch.bool))
+
+
+def test_phi_alpha_v_match_the_equations():
+    model = _model().eval()
+    x = _inputs()
+    out = model(**x)
+    e = model.embed
+    with torch.no_grad():
+        # phi_i = W1 r_i + W2 [LN(Wg g_i) | LN(Ws s_i)]
+        geo = torch.cat([torch.nn.functional.layer_norm(e.wg(x["roi_boxes"]), (4,), e.ln_g.weight, e.ln_g.bias),
+                         torch.nn.functional.layer_norm(e.ws(x["roi_scores"][..., None]), (4,), e.ln_s.weight, e.ln_s.bias)], -1)
+        phi = x["roi_features"] @ e.w1.weight.T + e.w1.bias + geo @ e.w2.weight.T + e.w2.bias
+        alpha = torch.softmax(model.alpha_mlp(phi).squeeze(-1), dim=1)
+        v = (alpha[..., None] * phi).sum(1)
+    torch.testing.assert_close(out.phi, phi)
+    torch.testing.assert_close(out.alpha, alpha)
+    torch.testing.assert_close(out.logits, model.classifier(v))
+    assert out.phi.shape == (2, 4, 6) and out.logits.shape == (2, 22)
+
+
+def test_one_output_type_in_every_mode_and_similarities_use_word_vectors():
+    model = _model(lambda_a=3.0, lambda_b=5.0).eval()
+    x = _inputs()
+    image_only = model(**x)
+    assert isinstance(image_only, GroundingOutput) and image_only.s_roi is None
+    ids = torch.tensor([[3, 5], [7, 0]])
+    amask = torch.tensor([[True, True], [True, False]])
+    neg = {f"neg_{k}": v for k, v in _inputs(seed=1, k=3).items()}
+    out = model(**x, attribute_ids=ids, attribute_mask=amask, **neg)
+    assert isinstance(out, GroundingOutput)
+    ref = cross_attention(out.phi, out.alpha, x["roi_mask"], model.word_vectors[ids], amask,
+                          SimilarityNorm.CLIPPED_L2NORM, 3.0, 5.0)
+    torch.testing.assert_close(out.s_roi, ref.s_roi)
+    ref_neg = cross_attention(out.phi, out.alpha, x["roi_mask"], model.negative_vectors[ids], amask,
+                              SimilarityNorm.CLIPPED_L2NORM, 3.0, 5.0)
+    torch.testing.assert_close(out.s_text_neg, ref_neg.s_text)  # T_n = negative words' vectors
+    assert out.s_roi_neg.shape == (2,) and out.has_text.tolist() == [True, True]
+
+
+def test_padded_rois_do_not_change_the_output():
+    model = _model().eval()
+    x = _inputs(b=1, k=3)
+    base = model(**x)
+    padded = {k: torch.cat([v, v[:, :2] * 0 + 5], 1) for k, v in x.items() if k != "roi_mask"}
+    padded["roi_mask"] = torch.tensor([[True, True, True, False, False]])
+    out = model(**padded)
+    torch.testing.assert_close(out.logits, base.logits)
+    assert out.alpha[0, 3:].abs().sum() == 0
+
+
+def test_rejects_wrong_vector_shapes_and_builds_from_config():
+    with pytest.raises(ValueError, match="22"):
+        GroundingModel(8, np.zeros((21, 4)), np.zeros((21, 4)))
+    m = build_model(8, np.zeros((22, 4)), np.zeros((22, 4)), ModelConfig(similarity_norm=SimilarityNorm.SOFTMAX))
+    assert m.similarity_norm is SimilarityNorm.SOFTMAX and m.word_vectors.shape == (22, 4)
+
+
+def test_localize_ranks_by_alpha_and_suppresses_duplicates():
+    alpha = torch.tensor([[0.5, 0.3, 0.2, 0.0]])
+    boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.5], [0.11, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9], [0, 0, 1, 1]]])
+    out = GroundingOutput(phi=torch.zeros(1, 4, 2), alpha=alpha, logits=torch.zeros(1, 22))
+    mask = torch.tensor([[True, True, True, False]])
+    loc = localize(out, boxes, iou_threshold=0.5, top_k=2, roi_mask=mask, scale=(100, 200))
+    # box 1 overlaps box 0 (IoU ~.97) and is suppressed; the padded box 3 is never chosen
+    np.testing.assert_allclose(loc.boxes[0], [[10, 20, 50, 100], [60, 120, 90, 180]], atol=1e-4)
+    np.testing.assert_allclose(loc.scores[0], [0.5, 0.2])
+    empty = localize(out, boxes, 0.5, 1, roi_mask=torch.zeros(1, 4, dtype=torch.bool))
+    assert empty.boxes[0].shape == (0, 4)
