@@ -22,6 +22,11 @@ def get_args_parser(add_help: bool = True):
     parser.add_argument("--manifest", help="ingest: benchmark on this manifest (default: fresh synthetic DICOMs)")
     parser.add_argument("--images", type=int, default=64, help="synthetic images when no manifest is given")
     parser.add_argument("--sizes", default="1,4", help="dataset size factors for the scaling runs")
+    parser.add_argument("--rois", help="train: ROI cache (default: <work_dir>/rois of a pipeline run, else synthetic)")
+    parser.add_argument("--word-vectors", help="train: word-vector folder (default: <work_dir>/word_vectors)")
+    parser.add_argument("--prepared", help="train: prepared images for the streaming-mode comparison")
+    parser.add_argument("--detector", help="train: detector.pt for the streaming-mode comparison")
+    parser.add_argument("--epochs", type=int, default=3, help="train: epochs per timed run")
     parser.add_argument("--out", help="JSON output folder (default: <work_dir>/bench)")
     return parser
 
@@ -61,6 +66,80 @@ def print_ingest(result: dict) -> None:
     print(f"speed-up per core: {result['speedup_per_core']}")
 
 
+def _read_pipeline_timings(cfg) -> dict:
+    """Stage timings of the last ``grounding pipeline`` run in this work dir."""
+    from grounding import storage
+
+    path = storage.join(cfg.run.work_dir, "pipeline.json")
+    if not storage.exists(path):
+        raise SystemExit(f"bench e2e: run 'grounding pipeline --work-dir {cfg.run.work_dir}' first ({path} missing)")
+    return json.loads(open(path).read())
+
+
+def bench_rois(cfg, args) -> dict:
+    from grounding.bench_rois import bench_rois as run
+
+    d = cfg.detector
+    return run(backbone=d.backbone.value, fpn_channels=d.fpn_channels, image_size=cfg.data.image_size,
+               num_rois=d.num_rois, batch_size=d.extract_batch_size, n_images=args.images, num_threads=None,
+               device="cuda" if _has_cuda() else "cpu", seed=0)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _default(path: str | None, cfg, name: str) -> str | None:
+    from grounding import storage
+
+    if path:
+        return path
+    candidate = storage.join(cfg.run.work_dir, name)
+    return candidate if storage.exists(candidate) else None
+
+
+def bench_train(cfg, args) -> dict:
+    """Ray Train vs a plain loop on the cached ROIs; then cache vs streaming epoch time."""
+    from grounding.bench_train import bench_train as run
+
+    rois = _default(args.rois, cfg, "rois")
+    wv_dir = _default(args.word_vectors, cfg, "word_vectors")
+    vectors = None
+    if rois and wv_dir:
+        from grounding.word_vectors import load_attribute_vectors
+
+        vectors = load_attribute_vectors(wv_dir)
+    else:
+        rois = None
+    result = run(cfg, rois=rois, vectors=vectors, epochs=args.epochs, address=args.address)
+    prepared = _default(args.prepared, cfg, "prepared")
+    detector = args.detector or (_default(None, cfg, "detector/detector.pt"))
+    if rois and prepared and detector:
+        result["cache_vs_streaming"] = _cache_vs_streaming(cfg, rois, vectors, prepared, detector, args.epochs)
+    return result
+
+
+def _cache_vs_streaming(cfg, rois, vectors, prepared, detector, epochs) -> dict:
+    import uuid
+
+    from grounding.config import TrainMode, replace
+    from grounding.ray_train import run_training
+
+    out = {}
+    for mode in (TrainMode.CACHE, TrainMode.STREAMING):
+        run_cfg = replace(cfg, train=replace(cfg.train, mode=mode, num_workers=1),
+                          optim=replace(cfg.optim, max_epochs=epochs, early_stop_patience=epochs + 1))
+        res = run_training(run_cfg, rois, vectors, run_id=f"bench-{mode.value}-{uuid.uuid4().hex[:6]}",
+                           prepared=prepared, detector_weights=detector)
+        steady = [h["epoch_seconds"] for h in res.history[1:]] or [h["epoch_seconds"] for h in res.history]
+        out[mode.value] = {"epoch_s": round(sum(steady) / max(len(steady), 1), 3), "fit_s": round(res.fit_seconds, 1),
+                           "epochs": len(res.history)}
+    out["streaming_over_cache"] = round(out["streaming"]["epoch_s"] / max(out["cache"]["epoch_s"], 1e-9), 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
@@ -76,8 +155,28 @@ def main(argv: list[str] | None = None) -> int:
         if what == "ingest":
             results[what] = bench_ingest(cfg, args)
             print_ingest(results[what])
+        elif what == "rois":
+            results[what] = bench_rois(cfg, args)
+            r = results[what]
+            print(f"ROI extraction ({r['backbone']}, FPN {r['fpn_channels']}, {r['image_size']} px, N={r['num_rois']}, "
+                  f"{r['device']}): {r['images_per_second']:.2f} images/s, "
+                  f"{r['roi_parquet_bytes_per_image'] / 1024:.1f} KiB of ROI cache per image")
+        elif what == "train":
+            results[what] = bench_train(cfg, args)
+            r = results[what]
+            print(f"training samples/s: plain {r['plain']['samples_per_s']:.0f}, Ray Train "
+                  f"{r['ray']['samples_per_s']:.0f}; Ray start-up {r['ray']['startup_s']:.1f} s, teardown "
+                  f"{r['ray']['teardown_s']:.1f} s")
+            if "cache_vs_streaming" in r:
+                c = r["cache_vs_streaming"]
+                print(f"epoch time: cache {c['cache']['epoch_s']} s, streaming {c['streaming']['epoch_s']} s "
+                      f"({c['streaming_over_cache']}x)")
+        elif what == "e2e":
+            results[what] = _read_pipeline_timings(cfg)
+            print(f"end to end: {results[what]}")
         else:
-            print(f"bench {what}: not available yet", file=sys.stderr)
+            print(f"bench {what}: see 'grounding tune' (trials/hour is printed at the end of a search)",
+                  file=sys.stderr)
             continue
         results[what]["wall_s"] = round(time.perf_counter() - start, 1)
         storage.atomic_write_text(out / f"{what}.json", json.dumps(results[what], indent=2))

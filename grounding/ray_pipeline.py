@@ -1,0 +1,185 @@
+"""(R) The whole method end to end on one Ray cluster (``grounding pipeline``).
+
+synth -> attributes -> prepare -> word vectors -> train detector -> extract ROIs -> train grounding
+(with and without classification) -> evaluate -> severity CV. Every stage writes into
+``<work_dir>/<stage>`` and finishes by writing ``_DONE.json`` there; a re-run skips finished stages,
+so an interrupted pipeline continues where it stopped (``fresh=True`` redoes everything).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from grounding import storage
+from grounding.config import GroundingConfig, replace, write_resolved
+
+log = logging.getLogger(__name__)
+DONE = "_DONE.json"
+
+
+@dataclass
+class PipelineState:
+    cfg: GroundingConfig
+    work: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def dir(self, stage: str) -> Path:
+        return self.work / stage
+
+
+def _stage(state: PipelineState, name: str, fn: Callable[[Path], dict], fresh: bool) -> dict:
+    out = state.dir(name)
+    marker = out / DONE
+    if marker.exists() and not fresh:
+        info = json.loads(marker.read_text())
+        print(f"[pipeline] {name}: done already ({info.get('seconds', '?')} s), skipped", flush=True)
+        state.timings[name] = 0.0
+        return info
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    print(f"[pipeline] {name} ...", flush=True)
+    start = time.perf_counter()
+    info = fn(out) or {}
+    info["seconds"] = round(time.perf_counter() - start, 1)
+    storage.atomic_write_text(marker, json.dumps(info, indent=2, default=str))
+    state.timings[name] = info["seconds"]
+    print(f"[pipeline] {name}: {info['seconds']} s", flush=True)
+    return info
+
+
+def run_pipeline(cfg: GroundingConfig, fresh: bool = False) -> PipelineState:
+    """Run every stage on the current Ray cluster; returns where everything went."""
+    state = PipelineState(cfg=cfg, work=Path(cfg.run.work_dir).absolute())
+    state.work.mkdir(parents=True, exist_ok=True)
+    write_resolved(cfg, state.work)
+    run_id = cfg.run.run_id or "pipeline"
+
+    _stage(state, "synth", lambda out: _synth(cfg, out), fresh)
+    _stage(state, "attributes", lambda out: _attributes(state.dir("synth") / "manifest.parquet", out), fresh)
+    _stage(state, "prepared", lambda out: _prepare(cfg, state.dir("attributes") / "manifest.parquet", out), fresh)
+    _stage(state, "word_vectors", lambda out: _word_vectors(cfg, state.dir("attributes") / "manifest.parquet", out),
+           fresh)
+    _stage(state, "detector", lambda out: _train_detector(cfg, state.dir("prepared"), out, f"{run_id}-detector"),
+           fresh)
+    _stage(state, "rois", lambda out: _extract_rois(cfg, state.dir("prepared"), state.dir("detector"), out), fresh)
+    for name, with_cls in (("grounding", True), ("grounding_no_cls", False)):
+        variant = replace(cfg, loss=replace(cfg.loss, use_classification=with_cls))
+        _stage(state, name, lambda out, v=variant, n=name: _train_grounding(
+            v, state.dir("rois"), state.dir("word_vectors"), out, f"{run_id}-{n}"), fresh)
+    _stage(state, "evaluation", lambda out: _evaluate(cfg, state, out), fresh)
+    _stage(state, "severity", lambda out: _severity(cfg, state, out), fresh)
+    storage.atomic_write_text(state.work / "pipeline.json",
+                              json.dumps({"timings_s": state.timings, "total_s": sum(state.timings.values())},
+                                         indent=2))
+    return state
+
+
+# -- stages -------------------------------------------------------------------------------------
+def _synth(cfg: GroundingConfig, out: Path) -> dict:
+    from grounding.adapters.synthetic import synthetic_manifest
+    from grounding.synth import generate
+    from grounding.synth.contact import contact_sheet
+
+    summary = generate(cfg.synth, str(out))
+    manifest = synthetic_manifest(str(out), cfg.data.split_fractions, cfg.data.split_seed)
+    storage.write_table(manifest, str(out / "manifest.parquet"))
+    if cfg.synth.contact_per_site > 0:
+        contact_sheet(str(out), cfg.synth.contact_per_site)
+    return {"images": summary["images"], "rows": manifest.num_rows}
+
+
+def _attributes(manifest_path: Path, out: Path) -> dict:
+    from grounding.reports import annotate_manifest
+
+    table = annotate_manifest(storage.read_table(str(manifest_path)))
+    storage.write_table(table, str(out / "manifest.parquet"))
+    positive = sum(table.column("pneumonia_positive").to_pylist())
+    return {"rows": table.num_rows, "pneumonia_positive_reports": positive}
+
+
+def _prepare(cfg: GroundingConfig, manifest_path: Path, out: Path) -> dict:
+    from grounding.prepare import PrepareOptions
+    from grounding.ray_prepare import run_prepare
+
+    options = PrepareOptions(cfg.data.image_size, cfg.data.max_pixels, cfg.data.low_percentile,
+                             cfg.data.high_percentile)
+    return run_prepare(storage.read_table(str(manifest_path)), str(out), options, cfg.data.batch_size,
+                       cfg.data.rows_per_shard)
+
+
+def _word_vectors(cfg: GroundingConfig, manifest_path: Path, out: Path) -> dict:
+    from grounding import ray_text, word_vectors
+
+    w = cfg.word_vectors
+    texts = word_vectors.corpus_texts(str(manifest_path), None, None)
+    table = word_vectors.run(texts, str(out), vector_size=w.vector_size, window=w.window, min_count=w.min_count,
+                             epochs=w.epochs, seed=w.seed, skip_gram=w.skip_gram, negative_rule=w.negative_rule,
+                             tokenize=lambda t: ray_text.tokenize_texts(t, batch_size=w.batch_size))
+    print(word_vectors.format_table(table), flush=True)
+    return {"reports": len(texts)}
+
+
+def _train_detector(cfg: GroundingConfig, prepared: Path, out: Path, run_id: str) -> dict:
+    from grounding.ray_detector import run_train_detector
+
+    metrics = run_train_detector(cfg, str(prepared), str(out), run_id)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+
+
+def _extract_rois(cfg: GroundingConfig, prepared: Path, detector: Path, out: Path) -> dict:
+    from grounding.ray_detector import run_extract_rois
+
+    return run_extract_rois(cfg, str(prepared), str(detector / "detector.pt"), str(out))
+
+
+def _train_grounding(cfg: GroundingConfig, rois: Path, word_vectors_dir: Path, out: Path, run_id: str) -> dict:
+    from grounding.ray_train import run_training
+    from grounding.word_vectors import load_attribute_vectors
+
+    vectors = load_attribute_vectors(str(word_vectors_dir))
+    result = run_training(cfg, str(rois), vectors, run_id=run_id)
+    if result.error:
+        raise RuntimeError(f"grounding training {run_id} failed: {result.error}")
+    shutil.copy2(result.model_path, out / "model.pt")
+    for sidecar in Path(result.model_path).parent.glob("model.pt.*"):
+        shutil.copy2(sidecar, out / sidecar.name)
+    history = Path(result.run_dir) / "metrics.jsonl"
+    if history.exists():
+        shutil.copy2(history, out / "metrics.jsonl")
+    last = result.history[-1] if result.history else {}
+    return {"run_id": run_id, "epochs": len(result.history), "fit_seconds": round(result.fit_seconds, 1),
+            **{k: v for k, v in last.items() if isinstance(v, (int, float))}}
+
+
+def _evaluate(cfg: GroundingConfig, state: PipelineState, out: Path) -> dict:
+    from grounding.ray_evaluate import run_evaluate
+
+    return run_evaluate(
+        cfg, rois=str(state.dir("rois")), checkpoint=str(state.dir("grounding") / "model.pt"),
+        checkpoint_no_cls=str(state.dir("grounding_no_cls") / "model.pt"), prepared=str(state.dir("prepared")),
+        histories=[str(state.dir("grounding") / "metrics.jsonl")], out=str(out))
+
+
+def _severity(cfg: GroundingConfig, state: PipelineState, out: Path) -> dict:
+    from grounding.adapters.covid import covid_manifest
+    from grounding.predict import predict_probabilities
+    from grounding.ray_eval import severity_cv_ray
+    from grounding.report import write_severity_outputs
+    from grounding.severity import severity_table_from_manifest
+
+    site_c = state.dir("synth") / "site_c"
+    manifest, counts = covid_manifest(str(site_c), str(site_c / "severity.csv"), "score", 8.0,
+                                      split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
+    probabilities = predict_probabilities(manifest, str(state.dir("grounding") / "model.pt"), cfg)
+    table = severity_table_from_manifest(manifest, probabilities)
+    summary, oof = severity_cv_ray(table, n_folds=cfg.eval.folds, seed=cfg.eval.seed)
+    write_severity_outputs(str(out), summary, oof)
+    return {"images": counts["rows"], "with_severity": counts["with_severity"]}
