@@ -23,6 +23,8 @@ def get_args_parser(add_help: bool = True):
     parser.add_argument("--score-column", default="score", help="covid: severity column name")
     parser.add_argument("--score-max", type=float, default=8.0, help="covid: maximum of the severity scale")
     parser.add_argument("--checkpoint", help="grounding model checkpoint (with --dataset)")
+    parser.add_argument("--detector", default="",
+                        help="detector.pt (with --dataset; default: the detector reference in the checkpoint)")
     parser.add_argument("--out", default=None, help="output folder (default: <work_dir>/severity)")
     parser.add_argument("--folds", type=int, default=None, help="K (default: eval.folds)")
     parser.add_argument("--seed", type=int, default=None, help="fold seed (default: eval.seed)")
@@ -43,7 +45,8 @@ def _dataset_table(args, cfg):
     manifest, counts = covid_manifest(args.root, args.severity_csv, args.score_column, args.score_max,
                                       split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
     print(f"adapter covid: {json.dumps(counts)}")
-    return severity_table_from_manifest(manifest, predict_probabilities(manifest, args.checkpoint, cfg))
+    probabilities = predict_probabilities(manifest, args.checkpoint, cfg, args.detector)
+    return severity_table_from_manifest(manifest, probabilities)
 
 
 def main(argv: list[str] | None = None) -> int:
