@@ -70,8 +70,12 @@ def run_pipeline(cfg: GroundingConfig, fresh: bool = False) -> PipelineState:
     _stage(state, "detector", lambda out: _train_detector(cfg, state.dir("prepared"), out, f"{run_id}-detector"),
            fresh)
     _stage(state, "rois", lambda out: _extract_rois(cfg, state.dir("prepared"), state.dir("detector"), out), fresh)
+    detector_file = state.dir("detector") / "detector.pt"
+    detector_cfg = replace(cfg.detector, weights_path=str(detector_file),
+                           weights_sha256=_read_sha(detector_file)) if detector_file.exists() else cfg.detector
     for name, with_cls in (("grounding", True), ("grounding_no_cls", False)):
-        variant = replace(cfg, loss=replace(cfg.loss, use_classification=with_cls))
+        # The model's config records the frozen detector (path + sha256): predict needs only the model file.
+        variant = replace(cfg, loss=replace(cfg.loss, use_classification=with_cls), detector=detector_cfg)
         _stage(state, name, lambda out, v=variant, n=name: _train_grounding(
             v, state.dir("rois"), state.dir("word_vectors"), out, f"{run_id}-{n}"), fresh)
     _stage(state, "evaluation", lambda out: _evaluate(cfg, state, out), fresh)
@@ -80,6 +84,11 @@ def run_pipeline(cfg: GroundingConfig, fresh: bool = False) -> PipelineState:
                               json.dumps({"timings_s": state.timings, "total_s": sum(state.timings.values())},
                                          indent=2))
     return state
+
+
+def _read_sha(path: Path) -> str:
+    sidecar = Path(f"{path}.sha256")
+    return sidecar.read_text().split()[0] if sidecar.exists() else ""
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -160,12 +169,26 @@ def _train_grounding(cfg: GroundingConfig, rois: Path, word_vectors_dir: Path, o
 
 
 def _evaluate(cfg: GroundingConfig, state: PipelineState, out: Path) -> dict:
-    from grounding.ray_evaluate import run_evaluate
+    from grounding.evaluate_run import EvalSettings
+    from grounding.ray_evaluate import run_evaluation_ray
 
-    return run_evaluate(
-        cfg, rois=str(state.dir("rois")), checkpoint=str(state.dir("grounding") / "model.pt"),
+    metrics = run_evaluation_ray(
+        str(state.dir("rois")), str(state.dir("grounding") / "model.pt"), str(out),
+        EvalSettings.from_config(cfg.eval),
         checkpoint_no_cls=str(state.dir("grounding_no_cls") / "model.pt"), prepared=str(state.dir("prepared")),
-        histories=[str(state.dir("grounding") / "metrics.jsonl")], out=str(out))
+        histories=[str(state.dir(n) / "metrics.jsonl") for n in ("grounding", "grounding_no_cls")],
+        manifest=str(state.dir("attributes") / "manifest.parquet"))
+    print(f"[pipeline] Table 1: {_table1_line(metrics)}", flush=True)
+    return {"report": str(out / "report.md"), "counts": metrics.get("counts", {})}
+
+
+def _table1_line(metrics: dict) -> str:
+    """One line per method: hit rates at each IoU threshold, for the progress output."""
+    parts = []
+    for method, cells in metrics.get("localization", {}).items():
+        rates = [f"{v['estimate'] * 100:.0f}%" for k, v in cells.items() if isinstance(v, dict) and "estimate" in v]
+        parts.append(f"{method} {'/'.join(rates)}")
+    return "; ".join(parts)
 
 
 def _severity(cfg: GroundingConfig, state: PipelineState, out: Path) -> dict:
@@ -178,7 +201,8 @@ def _severity(cfg: GroundingConfig, state: PipelineState, out: Path) -> dict:
     site_c = state.dir("synth") / "site_c"
     manifest, counts = covid_manifest(str(site_c), str(site_c / "severity.csv"), "score", 8.0,
                                       split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
-    probabilities = predict_probabilities(manifest, str(state.dir("grounding") / "model.pt"), cfg)
+    probabilities = predict_probabilities(manifest, str(state.dir("grounding") / "model.pt"), cfg,
+                                          str(state.dir("detector") / "detector.pt"))
     table = severity_table_from_manifest(manifest, probabilities)
     summary, oof = severity_cv_ray(table, n_folds=cfg.eval.folds, seed=cfg.eval.seed)
     write_severity_outputs(str(out), summary, oof)

@@ -46,3 +46,12 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 get_args_parser = common_parser  # older name, kept for jobs written against it
+
+
+def absolute(path: str | None) -> str | None:
+    """Local paths made absolute (Ray workers run in another folder); URIs unchanged."""
+    import os
+
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(path)

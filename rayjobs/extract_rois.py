@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging
+from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging, absolute
 
 
 def get_args_parser(add_help: bool = True):
@@ -23,6 +23,9 @@ def get_args_parser(add_help: bool = True):
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    args.prepared = absolute(args.prepared)
+    args.out = absolute(args.out)
+    args.detector = absolute(args.detector)
     setup_logging()
     cfg = build_config(args)
     from grounding.detector import WeightsError

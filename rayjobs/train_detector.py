@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
-from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging
+from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging, absolute
 
 log = logging.getLogger("rayjobs.train_detector")
 
@@ -28,18 +29,31 @@ def get_args_parser(add_help: bool = True):
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    args.prepared = absolute(args.prepared)
+    args.out = absolute(args.out)
     setup_logging()
     cfg = build_config(args)
     from grounding.config import write_resolved
     from grounding.ray_detector import run_train_detector
     from grounding.ray_runtime import init_ray
+    from grounding.run_checks import RunStateError, check_resume_state, require_run_id
 
+    try:
+        require_run_id("train-detector", args.run_id or cfg.run.run_id, args.address)  # before init_ray
+    except RunStateError as err:
+        print(str(err), file=sys.stderr)
+        return 2
     run_id = args.run_id or cfg.run.run_id or time.strftime("detector-%Y%m%d-%H%M%S")
     write_resolved(cfg, args.out)
     init_ray(args.address)
     try:
+        from grounding import storage
+
+        # same storage rule as run_train_detector; a damaged run folder fails before fit() (reliability A6/A7)
+        check_resume_state(cfg.run.storage_path or os.path.abspath(storage.join(cfg.run.work_dir, "ray_storage")),
+                           run_id)
         result = run_train_detector(cfg, args.prepared, args.out, run_id)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RunStateError) as err:
         print(f"train-detector: {err}", file=sys.stderr)
         return 1
     finally:
