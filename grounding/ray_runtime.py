@@ -29,7 +29,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
-        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": always a new instance. Without it ray.init() joins whatever `ray start`
+        # cluster /tmp/ray last recorded, even a dead one, and waits for it forever.
+        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                        runtime_env={"env_vars": env}, log_to_driver=True)
         # Ray Train's placement-group cleaner and Tune's drivers look the cluster up by address; on a
         # machine with several local Ray instances they would otherwise refuse to guess.
