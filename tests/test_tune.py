@@ -1,0 +1,157 @@
+"""The `tune` job end to end on tiny synthetic data: a small search, and restore after SIGKILL.
+
+Both start the job as a subprocess (its own local Ray), as a RayJob retry would, so the driver can
+be killed for real. Slow: each Train run has ~15-25 s of fixed Ray cost on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from grounding.bench_train import synthetic_roi_table, synthetic_vectors
+from grounding.storage import atomic_write_bytes, atomic_write_text, write_table
+from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"optim.batch_size": 16, "model.geometry_dim": 4, "optim.max_epochs": 2, "train.num_workers": 1,
+        "train.cpus_per_worker": 0.99, "train.tensorboard": False, "train.checkpoints_to_keep": 1}
+
+
+def _write_vectors(directory: Path, dim: int = 8) -> None:
+    from grounding import word_vectors as wvmod
+
+    v = synthetic_vectors(dim)
+    buf = io.BytesIO()
+    np.savez(buf, vectors=v.vectors, negative_vectors=v.negative_vectors)
+    data = buf.getvalue()
+    atomic_write_bytes(directory / wvmod.VECTORS_FILE, data)
+    meta = {"vocabulary_version": VOCABULARY_VERSION, "attributes": list(ATTRIBUTES),
+            "negative_words": list(v.negative_words), "npz_sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_text(directory / wvmod.META_FILE, json.dumps(meta))
+
+
+def _setup(tmp_path: Path, num_samples: int, search_alg: str = "optuna") -> list[str]:
+    rois, wv = tmp_path / "rois.parquet", tmp_path / "wv"
+    write_table(synthetic_roi_table(48, feature_dim=12), str(rois))
+    _write_vectors(wv)
+    space = {
+        "metric": "val_attribute_auc", "mode": "max", "num_samples": num_samples, "search_alg": search_alg,
+        "seed": 0, "scheduler": {"grace_period": 1, "reduction_factor": 2}, "fixed": TINY,
+        "params": {"optim.lr": {"loguniform": [1e-3, 3e-2]}, "model.roi_hidden": {"choice": [8, 16]},
+                   "model.alpha_hidden": {"choice": [4, 8]}, "model.classifier_hidden": {"choice": [[8], [16, 8]]}},
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    # --address local: a fresh Ray even when another instance on this machine is the "current" one
+    return [sys.executable, "-m", "rayjobs.tune", "--space", str(tmp_path / "space.yaml"), "--rois", str(rois),
+            "--word-vectors", str(wv), "--work-dir", str(tmp_path / "work"), "--address", "local"]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _summary(stdout: str) -> dict:
+    """The job's JSON line (Ray may print worker log lines after it)."""
+    return json.loads([line for line in stdout.splitlines() if line.startswith('{"name"')][-1])
+
+
+def _trial_states(storage: Path, name: str) -> dict[str, str]:
+    """{trial_id: status} from Tune's experiment checkpoint (what a restore will read)."""
+    out = {}
+    for f in sorted((storage / name).glob("experiment_state-*.json")):
+        try:
+            data = json.loads(f.read_text())
+        except (json.JSONDecodeError, OSError):  # being rewritten
+            continue
+        for entry in data.get("trial_data", []):
+            state = json.loads(entry[0])
+            out[state["trial_id"]] = state["status"]
+    return out
+
+
+def _attempts(work: Path, name: str, trial_id: str) -> int:
+    f = work / "tune" / name / "train" / f"train-{trial_id}" / "attempts.jsonl"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_small_search_writes_table_plot_and_a_trainable_best_config(tmp_path):
+    from grounding.config import load_config
+
+    cmd = _setup(tmp_path, num_samples=3) + ["--name", "small"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _summary(proc.stdout)
+    out = tmp_path / "work" / "tune" / "small"
+    assert summary["trials"] == 3 and summary["terminated"] == 3 and summary["trials_per_hour"] > 0
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"}
+    assert all(1 <= r["epochs"] <= 2 and 0.0 <= r["best_val_attribute_auc"] <= 1.0 for r in rows)
+    assert len({(r["param.optim.lr"], r["param.model.roi_hidden"]) for r in rows}) == 3  # distinct samples
+    # every trial's Train run is named after the trial and ran once
+    assert all(_attempts(tmp_path / "work", "small", r["trial_id"]) == 1 for r in rows)
+    assert (out / "metric_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    best = json.loads((out / "best.json").read_text())
+    assert best["value"] == max(r["final_val_attribute_auc"] for r in rows)
+    cfg = load_config(summary["best_config"])  # `grounding train --config best.yaml` reads it
+    assert cfg.optim.lr == pytest.approx(best["params"]["optim.lr"])
+    assert list(cfg.model.classifier_hidden) == best["params"]["model.classifier_hidden"]
+    assert cfg.optim.max_epochs == 2 and cfg.run.work_dir == str(tmp_path / "work")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigkilled_search_restores_without_rerunning_finished_trials(tmp_path):
+    name = "restore-me"
+    cmd = _setup(tmp_path, num_samples=4) + ["--name", name]
+    work, storage = tmp_path / "work", tmp_path / "work" / "ray_storage"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # own process group: its local Ray dies with it below
+    try:
+        deadline = time.time() + 600
+        states: dict[str, str] = {}
+        while time.time() < deadline and proc.poll() is None:
+            states = _trial_states(storage, name)
+            if any(s == "TERMINATED" for s in states.values()):
+                break
+            time.sleep(1.0)
+        assert proc.poll() is None, "search ended before it could be interrupted"
+        assert any(s == "TERMINATED" for s in states.values()), (tmp_path / "first.log").read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-search
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # and its local Ray, as when a RayJob pod goes away
+        except ProcessLookupError:
+            pass
+        log.close()
+    finished_before = {t for t, s in states.items() if s == "TERMINATED"}
+    assert all(_attempts(work, name, t) == 1 for t in finished_before)
+    time.sleep(2.0)
+    second = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = _summary(second.stdout)
+    assert summary["restored"] is True
+    rows = pq.read_table(work / "tune" / name / "results.parquet").to_pylist()
+    final = {r["trial_id"]: r["status"] for r in rows}
+    assert set(states) <= set(final) and len(final) == 4  # the same trials, none duplicated
+    assert set(final.values()) == {"TERMINATED"}
+    assert all(_attempts(work, name, t) == 1 for t in finished_before)  # finished trials not re-run
+    assert _trial_states(storage, name) == final
