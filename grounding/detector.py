@@ -15,14 +15,16 @@ import hashlib
 import io
 import json
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torchvision.models import resnet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.retinanet import RetinaNet
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from grounding import storage
@@ -34,6 +36,7 @@ NUM_CLASSES = 1  # pneumonia; label 0
 PNEUMONIA_LABEL = 0
 DETECTOR_FILE = "detector.pt"
 DETECTOR_META = "detector.json"  # architecture + config, read back by extract-rois
+BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 
 
 class WeightsError(ValueError):
@@ -48,12 +51,26 @@ def build_retinanet(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.5,
     detections_per_img: int = 10,
+    anchor_base: float = 32.0,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    head_groupnorm: bool = False,
+    box_loss: str = "l1",
 ) -> RetinaNet:
     """A randomly initialised one-class RetinaNet on a ResNet FPN (P3-P7), input ``image_size``.
 
     Mirrors ``torchvision.models.detection.retinanet_resnet50_fpn`` (returned layers 2-4, P6/P7
     from P5) but with ``fpn_channels`` FPN/head width and trainable BatchNorm, because from random
     init a FrozenBatchNorm is an identity and deep ResNets then train poorly.
+
+    Args:
+        anchor_base: anchor size (px of the input) at P3; each level doubles it and carries the three
+            octave scales 2^0, 2^(1/3), 2^(2/3) (torchvision's default is 32 for 800 px inputs; boxes of
+            a 256 px image call for smaller anchors).
+        aspect_ratios: anchor height/width ratios, the same on every level.
+        head_groupnorm: GroupNorm in the head towers (torchvision's RetinaNet v2 head); steadier
+            from random init with small batches.
+        box_loss: the regression loss (torchvision's ``_box_loss`` types: ``l1``, ``smooth_l1``,
+            ``giou``, ``diou``, ``ciou``); ``giou`` optimises the overlap the IoU metric scores.
 
     Returns:
         RetinaNet taking a list of (3, S, S) float images in [0, 1].
@@ -75,15 +92,39 @@ def build_retinanet(
         out_channels=fpn_channels,
         extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
     )
+    anchors = anchor_generator(anchor_base, aspect_ratios)
+    head = RetinaNetHead(
+        fpn_channels, anchors.num_anchors_per_location()[0], NUM_CLASSES,
+        norm_layer=partial(nn.GroupNorm, _groups(fpn_channels)) if head_groupnorm else None,
+    )
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
+    head.regression_head._loss_type = box_loss  # torchvision's v2 recipe sets it the same way
     return RetinaNet(
         fpn,
         num_classes=NUM_CLASSES,
+        anchor_generator=anchors,
+        head=head,
         min_size=image_size,
         max_size=image_size,
         score_thresh=score_thresh,
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
     )
+
+
+def anchor_generator(anchor_base: float, aspect_ratios: Sequence[float]) -> AnchorGenerator:
+    """Anchors for the five levels P3-P7: base size ``anchor_base * 2**level`` times the octave
+    scales 2^0, 2^(1/3), 2^(2/3), each with every ratio in ``aspect_ratios`` (A = 3 * len(ratios))."""
+    sizes = tuple(
+        tuple(float(anchor_base) * 2.0**level * 2.0 ** (k / 3.0) for k in range(3)) for level in range(5)
+    )
+    return AnchorGenerator(sizes, (tuple(float(r) for r in aspect_ratios),) * len(sizes))
+
+
+def _groups(channels: int) -> int:
+    """The most GroupNorm groups <= 32 that divide ``channels``."""
+    return next(g for g in range(min(32, channels), 0, -1) if channels % g == 0)
 
 
 def to_three_channels(images: torch.Tensor) -> list[torch.Tensor]:
@@ -95,6 +136,31 @@ def to_three_channels(images: torch.Tensor) -> list[torch.Tensor]:
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     return list(images.unbind(0))
+
+
+def detect_keep_top(model: RetinaNet, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Eval-mode RetinaNet detections, thresholded at ``model.score_thresh`` but never empty.
+
+    Post-processing runs with a zero score threshold, then keeps the detections at or above the
+    model's threshold, or the single top one when none is (so the top-1 box of the supervised
+    baseline is always defined). Below-threshold boxes never suppress higher ones in NMS and sort
+    after them, so the kept set equals torchvision's own thresholded output whenever it is non-empty.
+    """
+    thresh = model.score_thresh
+    model.score_thresh = 0.0
+    try:
+        dets = model(images)
+    finally:
+        model.score_thresh = thresh
+    return [keep_top(d, thresh) for d in dets]
+
+
+def keep_top(d: dict[str, torch.Tensor], score_thresh: float) -> dict[str, torch.Tensor]:
+    """Detections (scores descending) at or above ``score_thresh``, at least the top one."""
+    keep = d["scores"] >= score_thresh
+    if len(keep) and not keep.any():
+        keep[0] = True
+    return {k: v[keep] for k, v in d.items()}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -185,9 +251,10 @@ class FrozenDetector(nn.Module):
         return int(self.model.backbone.out_channels)
 
     def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """(B, 1, S, S) float [0, 1] -> torchvision detections (boxes xyxy in input px, scores, labels)."""
+        """(B, 1, S, S) float [0, 1] -> torchvision detections (boxes xyxy in input px, scores, labels),
+        at least one per image (``detect_keep_top``)."""
         with torch.no_grad():
-            return self.model(to_three_channels(images))
+            return detect_keep_top(self.model, to_three_channels(images))
 
 
 def detector_meta(
@@ -203,12 +270,23 @@ def detector_meta(
     }
 
 
+def architecture(model: RetinaNet) -> dict[str, Any]:
+    """The anchor and head settings of a built RetinaNet (``build_retinanet`` arguments)."""
+    gen = model.anchor_generator
+    return {
+        "anchor_base": float(gen.sizes[0][0]),
+        "aspect_ratios": [float(r) for r in gen.aspect_ratios[0]],
+        "head_groupnorm": any(isinstance(m, nn.GroupNorm) for m in model.head.modules()),
+    }
+
+
 def export_detector(model: RetinaNet, out_dir: str, meta: dict[str, Any]) -> str:
     """Write ``detector.pt`` (state_dict), ``detector.pt.sha256`` and ``detector.json`` atomically.
 
     Returns:
         The sha256 of ``detector.pt``.
     """
+    meta = {**meta, **architecture(model)}  # what the weights really are, whatever the config said
     buf = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, buf)
@@ -259,6 +337,10 @@ def load_frozen_detector(
         score_thresh=cfg.get("score_thresh", 0.05) if score_thresh is None else score_thresh,
         nms_thresh=cfg.get("nms_thresh", 0.5) if nms_thresh is None else nms_thresh,
         detections_per_img=cfg.get("detections_per_img", 10) if detections_per_img is None else detections_per_img,
+        # detectors exported before these keys existed used torchvision's defaults
+        anchor_base=meta.get("anchor_base", 32.0),
+        aspect_ratios=tuple(meta.get("aspect_ratios", (0.5, 1.0, 2.0))),
+        head_groupnorm=meta.get("head_groupnorm", False),
     )
     apply_weights(model, load_state_dict(weights_path, sha256), strict=True)
     return FrozenDetector(model)

@@ -36,6 +36,7 @@ from grounding.schema import ROI_EXTRA
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+HELDOUT_PREFIX = "heldout_"  # last epoch: every non-train detector-site row (val + test)
 ROI_SCHEMA = pa.schema(
     [f for f in PREPARED_SCHEMA if f.name not in ("pixels", "boxes_prepared")]
     + [pa.field(n, t) for n, t in ROI_EXTRA]
@@ -57,12 +58,18 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(d.seed)
     table = eng.detector_rows(read_prepared(loop_config["prepared"], columns=eng.TRAIN_COLUMNS))
     train = eng.samples_from_table(table.filter(pc.equal(table["split"], "train")))
-    val = eng.samples_from_table(table.filter(pc.equal(table["split"], "val"))) if rank == 0 else []
+    # every held-out row of the detector site (val + test: the val split alone is a handful of images);
+    # reported, never used to pick a model (the last epoch is exported)
+    held = eng.samples_from_table(table.filter(pc.not_equal(table["split"], "train"))) if rank == 0 else []
+    val = [s for s, split in zip(held, table.filter(pc.not_equal(table["split"], "train"))["split"].to_pylist())
+           if split == "val"]
     if not train:
         raise ValueError(f"{loop_config['prepared']}: no purpose=detector train rows with boxes")
     image_size = int(loop_config["image_size"])
     model = det.build_retinanet(d.backbone, d.fpn_channels, image_size, d.trainable_backbone_layers,
-                                d.score_thresh, d.nms_thresh, d.detections_per_img)
+                                d.score_thresh, d.nms_thresh, d.detections_per_img,
+                                anchor_base=d.anchor_fraction * image_size, aspect_ratios=d.aspect_ratios,
+                                head_groupnorm=d.head_groupnorm, box_loss=d.box_loss)
     if d.weights_path:
         det.apply_weights(model, det.load_state_dict(d.weights_path, d.weights_sha256), strict=False)
     start = 0
@@ -76,21 +83,33 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     optimizer = eng.make_optimizer(model.parameters(), d.optimizer, d.lr, d.weight_decay)
+    steps = len(eng.rank_batches(train, rank, world, d.batch_size, d.seed, 0))  # the same every epoch
+    scheduler = (eng.make_scheduler(optimizer, d.epochs * steps, round(d.warmup_epochs * steps))
+                 if d.lr_schedule == "cosine" else None)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
         if rank == 0:
             print(f"[train-detector] resumed from epoch {start - 1}", flush=True)
     for epoch in range(start, d.epochs):
         batches = eng.rank_batches(train, rank, world, d.batch_size, d.seed, epoch)
-        stats = eng.train_one_epoch(model, optimizer, batches, device, d.grad_clip)
+        # augmentation RNG per (seed, epoch, rank): a resumed epoch sees the same augmentation
+        gen = torch.Generator().manual_seed(d.seed * 1_000_003 + epoch * 1009 + rank)
+        stats = eng.train_one_epoch(model, optimizer, batches, device, d.grad_clip, scheduler, d.hflip,
+                                    d.photometric, gen, d.scale_jitter)
         report = {"epoch": epoch, "train_loss": stats["loss"], "train_loss_classification":
                   stats["loss_classification"], "train_loss_box": stats["loss_box"]}
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
                 report.update(metrics.prefixed(eng.evaluate(core, val, (0.25, 0.5), d.batch_size, device)))
+                if epoch == d.epochs - 1:
+                    report.update(metrics.prefixed(eng.evaluate(core, held, (0.25, 0.5), d.batch_size, device),
+                                                   HELDOUT_PREFIX))
                 torch.save({"model": {k: v.cpu() for k, v in core.state_dict().items()},
                             "optimizer": optimizer.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else {},
                             "image_size": image_size}, os.path.join(folder, STATE_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
                 print(_progress(epoch, d.epochs, stats, report), flush=True)
@@ -103,9 +122,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _progress(epoch: int, epochs: int, stats: dict, report: dict) -> str:
-    val = " ".join(f"{k} {report[k]:.3f}" for k in (
-        metrics.VAL_PREFIX + metrics.HIT_IOU25, metrics.VAL_PREFIX + metrics.HIT_IOU50,
-        metrics.VAL_PREFIX + metrics.AP50) if k in report)
+    val = " ".join(f"{k} {report[k]:.3f}" for p in (metrics.VAL_PREFIX, HELDOUT_PREFIX) for k in (
+        p + metrics.HIT_IOU25, p + metrics.HIT_IOU50, p + metrics.AP50, p + "num_images_with_boxes") if k in report)
     return (f"[train-detector] epoch {epoch + 1}/{epochs} loss {stats['loss']:.4f} "
             f"(cls {stats['loss_classification']:.4f} box {stats['loss_box']:.4f}) {val or 'no val rows'} "
             f"{stats['images'] / max(stats['seconds'], 1e-9):.1f} img/s")
@@ -124,12 +142,19 @@ def run_train_detector(cfg: GroundingConfig, prepared: str, out: str, run_id: st
     if not storage.is_uri(storage_path):
         storage_path = os.path.abspath(storage_path)
     storage.makedirs(out)
+    cpus = d.cpus_per_worker
+    if d.num_workers > 0 and not d.use_gpu:
+        from grounding.ray_runtime import cluster_cpus
+
+        # never ask for more CPUs than the cluster has (the run would wait forever); Ray sets the
+        # worker's torch threads to this count, so a 2-core machine trains ~2x faster with 2 than 1
+        cpus = max(min(cpus, cluster_cpus() / d.num_workers), 1.0)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"config": cfg.to_dict(), "prepared": prepared, "out": out, "image_size": sizes[0]},
         scaling_config=ray.train.ScalingConfig(
             num_workers=d.num_workers, use_gpu=d.use_gpu,
-            resources_per_worker=None if d.num_workers == 0 else {"CPU": d.cpus_per_worker}),
+            resources_per_worker=None if d.num_workers == 0 else {"CPU": cpus}),
         run_config=ray.train.RunConfig(
             name=run_id, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=d.checkpoints_to_keep),

@@ -12,7 +12,8 @@ and the N lowest-scored anchors (negative ROIs I_n), each with
 * ``g_i`` geometry: the decoded box xyxy, clipped to the image, normalised to [0, 1].
 
 Plus the detector's own post-NMS boxes (the supervised baseline), in original pixels when the
-original sizes are given. Anchor index -> (level, location): anchors are concatenated level by
+original sizes are given; at least the top one per image even below ``score_thresh``, so the
+baseline's top-1 box is always defined. Anchor index -> (level, location): anchors are concatenated level by
 level (P3..P7); inside a level index j = (y * W + x) * A + a (torchvision's head reshape).
 """
 
@@ -26,7 +27,7 @@ import torch
 
 from grounding import storage
 from grounding.boxes import flatten, scale_boxes
-from grounding.detector import FrozenDetector, to_three_channels
+from grounding.detector import FrozenDetector, keep_top, to_three_channels
 
 
 @dataclass
@@ -138,7 +139,14 @@ def extract_rois(
         per_level = [h * w * a for h, w in shapes]
         split_head = {k: list(v.split(per_level, dim=1)) for k, v in head.items()}
         split_anchors = [list(x.split(per_level)) for x in anchors]
-        dets = model.postprocess_detections(split_head, split_anchors, il.image_sizes)
+        # threshold 0 then keep_top: the baseline always has a top-1 box (see detect_keep_top)
+        thresh = model.score_thresh
+        model.score_thresh = 0.0
+        try:
+            dets = model.postprocess_detections(split_head, split_anchors, il.image_sizes)
+        finally:
+            model.score_thresh = thresh
+        dets = [keep_top(d, thresh) for d in dets]
         s = images.shape[-1]
         dets = model.transform.postprocess(dets, il.image_sizes, [(s, s)] * b)
     detections = []

@@ -224,3 +224,60 @@ def test_train_detector_job_checkpoints_resumes_and_exports(tmp_path, ray_local)
     assert second["epoch"] == 1
     loaded = det.load_frozen_detector(out + "/detector.pt")
     assert loaded.image_size == S and loaded.feature_dim == 16
+
+
+def test_augmentation_moves_boxes_with_the_pixels():
+    img = torch.zeros(1, 1, S, S)
+    img[0, 0, 10:20, 30:50] = 1.0  # a bright block; its box is [30, 10, 50, 20]
+    boxes = [torch.tensor([[30.0, 10.0, 50.0, 20.0]])]
+    g = torch.Generator().manual_seed(0)
+    flipped = 0
+    for _ in range(12):
+        out, b = eng.augment_batch(img, boxes, g, hflip=True, photometric=0.0, scale_jitter=0.2)
+        ys, xs = torch.nonzero(out[0, 0] > 0.5, as_tuple=True)
+        np.testing.assert_allclose(b[0][0].numpy(), [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1.0)
+        flipped += int(b[0][0, 0] < S / 2 - 10)
+    assert 0 < flipped < 12  # some flipped, some not
+    assert torch.equal(img[0, 0, 10:20, 30:50], torch.ones(10, 20))  # the input is not modified
+    # a box zoomed/shifted out of the image is dropped, not kept as a sliver
+    edge = [torch.tensor([[0.0, 0.0, 4.0, 4.0]])]
+    _, b = eng._zoom_shift(img[0], edge[0], 1.0, -0.5, -0.5)
+    assert b.shape == (0, 4)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = eng.make_scheduler(opt, total_steps=20, warmup_steps=4)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[1] < lrs[3] < lrs[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 0.05
+
+
+def test_detections_never_empty_and_anchors_follow_config(tmp_path):
+    torch.manual_seed(0)
+    model = det.build_retinanet("resnet18", 16, S, score_thresh=0.99, anchor_base=4.0,
+                                aspect_ratios=(1.0, 2.0), head_groupnorm=True)
+    assert model.anchor_generator.sizes[0][0] == 4.0 and model.anchor_generator.num_anchors_per_location()[0] == 6
+    frozen = det.FrozenDetector(model)
+    dets = frozen(torch.rand(2, 1, S, S))
+    assert all(len(d["boxes"]) == 1 for d in dets)  # nothing reaches 0.99: the top box is kept anyway
+    samples = eng.samples_from_table(eng.detector_rows(blob_prepared_table(2, S, positive_fraction=1.0), None))
+    assert all(len(p["boxes"]) == 1 for p in eng.predict(model, samples))
+    det.export_detector(model, str(tmp_path), det.detector_meta("resnet18", 16, S, {}))
+    loaded = det.load_frozen_detector(str(tmp_path / "detector.pt"))
+    assert det.architecture(loaded.model) == det.architecture(model)
+    assert loaded.model.score_thresh == pytest.approx(0.05)  # the meta held no detector config
+
+
+def test_detector_recipe_config_validation():
+    d = GroundingConfig().detector
+    assert d.lr_schedule == "cosine" and d.hflip and d.head_groupnorm
+    for key, value in (("lr_schedule", "step"), ("anchor_fraction", 0.0), ("aspect_ratios", []),
+                       ("scale_jitter", 0.5), ("photometric", -0.1), ("warmup_epochs", -1)):
+        with pytest.raises(ConfigError, match=f"detector.{key}"):
+            GroundingConfig().with_overrides({f"detector.{key}": value})
