@@ -9,19 +9,17 @@ import psutil
 
 
 def _ray_and_own_rss(include_ray: bool = True) -> int:
+    """RSS of this process, plus (``include_ray``) all its descendants.
+
+    A local ``ray.init`` starts the GCS and the raylet as children of the driver, and every Ray worker
+    is a child of the raylet, so the descendants are exactly this job's Ray processes; other Ray
+    instances on the same machine are not counted.
+    """
     me = psutil.Process()
     total = me.memory_info().rss
-    for child in me.children(recursive=True):
+    for child in me.children(recursive=True) if include_ray else ():
         try:
             total += child.memory_info().rss
-        except psutil.Error:
-            pass
-    for proc in psutil.process_iter(["cmdline"]) if include_ray else ():
-        try:
-            cmd = proc.info["cmdline"] or []
-            # Ray task/actor workers are named "ray::..." once they run user code.
-            if cmd and cmd[0].startswith("ray::") and proc.pid != me.pid:
-                total += proc.memory_info().rss
         except psutil.Error:
             pass
     return total

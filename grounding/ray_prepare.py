@@ -66,7 +66,9 @@ def run_prepare(manifest: pa.Table, out_dir: str, options: PrepareOptions, batch
     staging = storage.join(out_dir, f"_images-{run_tag}") if not storage.is_uri(out_dir) else images_dir
     storage.makedirs(quarantine_dir)
 
-    ds = ray.data.from_arrow(rows).repartition(blocks)
+    # One block per chunk, cut here: a Ray Data repartition would add an all-to-all shuffle stage.
+    chunk = -(-rows.num_rows // blocks)
+    ds = ray.data.from_arrow([rows.slice(i, chunk) for i in range(0, rows.num_rows, chunk)] or [rows])
     # A callable instance (not a class) runs as stateless tasks spread over every CPU.
     ds = ds.map_batches(_PrepareBatch(options, quarantine_dir), batch_size=batch_size, batch_format="pyarrow")
     ds.write_parquet(staging, min_rows_per_file=rows_per_shard)
