@@ -366,7 +366,8 @@ def prepared_datasets(prepared: str) -> tuple[dict, dict[str, int]]:
 
 
 def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = "",
-                 prepared: str = "", detector_weights: str = "") -> TrainRunResult:
+                 prepared: str = "", detector_weights: str = "", *, callbacks: Optional[list] = None,
+                 gpus_per_worker: float = 1.0) -> TrainRunResult:
     """Build and fit the TorchTrainer (same run id + storage = resume). Ray must be initialised.
 
     Args:
@@ -376,6 +377,8 @@ def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = ""
         run_id: fixed id (resumable); default ``run.run_id`` or a fresh timestamped one.
         prepared: prepared-image cache (STREAMING mode).
         detector_weights: exported ``detector.pt`` (STREAMING mode; default ``detector.weights_path``).
+        callbacks: ``ray.train.UserCallback``s for the run (Tune passes its ``TuneReportCallback``).
+        gpus_per_worker: GPU share of each worker when ``train.use_gpu`` (fractional for Tune trials).
     """
     import ray.data
     import ray.train
@@ -387,6 +390,13 @@ def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = ""
     from grounding.ray_runtime import storage_path
 
     storage = storage_path(str(work_dir), cfg.run.storage_path)  # absolute; refuses head-only paths multi-node
+    from grounding.run_checks import check_resume_state
+
+    # Before any worker starts: a truncated Ray snapshot or a deleted/corrupt checkpoint fails here with
+    # advice, instead of late in fit() or as a silent fresh start (reliability.md A6/A7).
+    resume = check_resume_state(storage, run_id)
+    if not resume.fresh:
+        log.info("run %s: resuming from %s", run_id, resume.latest)
     run_dir = work_dir / "train" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -412,7 +422,7 @@ def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = ""
     loop_config = {**make_loop_config(cfg, vectors, feature_dim, run_id, str(run_dir), storage), **streaming}
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
-        resources["GPU"] = 1
+        resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
@@ -422,6 +432,7 @@ def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = ""
             name=run_id, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            callbacks=list(callbacks or []),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

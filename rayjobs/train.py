@@ -49,12 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from grounding.ray_runtime import init_ray
     from grounding.ray_train import run_training
+    from grounding.run_checks import RunStateError, require_run_id
 
+    try:
+        require_run_id("train", args.run_id or cfg.run.run_id, args.address)  # before init_ray sets RAY_ADDRESS
+    except RunStateError as err:
+        print(str(err), file=sys.stderr)
+        return 2
     init_ray(args.address)
     try:
         result = run_training(cfg, args.rois, vectors, run_id=args.run_id, prepared=args.prepared,
                               detector_weights=args.detector)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RunStateError) as err:
         print(f"train: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - Ray wraps worker errors (TrainingFailedError); say it and fail

@@ -64,6 +64,9 @@ def test_prepare_job_quarantines_every_bad_kind(tmp_path, ray_local):
     assert summary["read"] == len(made) + 1
     assert summary["written"] == len(good)
     assert summary["quarantined"] == len(bad) + 1 and summary["by_reason"]["duplicate"] == 1
+    from collections import Counter  # every reason counted exactly, not just the total
+
+    assert {k: v for k, v in summary["by_reason"].items() if v} == {**Counter(bad.values()), "duplicate": 1}
     assert json.loads((out / "summary.json").read_text())["written"] == len(good)
     assert not list(out.glob("_quarantine_parts-*")) and not list(out.glob("_images-*"))
     # messages never quote header identity

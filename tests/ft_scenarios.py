@@ -1,0 +1,175 @@
+"""Fault-injection scenarios for Ray Train, run in a subprocess by test_fault_tolerance.py.
+
+    python tests/ft_scenarios.py worker-kill OUT_DIR
+    python tests/ft_scenarios.py node-kill OUT_DIR
+
+Each scenario owns its Ray (own temp dir, so its processes and logs are told apart from any other
+Ray on the machine and from the pytest process's session Ray), trains the grounding model on a tiny
+synthetic ROI cache with a checkpoint per epoch, and from a watcher thread kills something once
+``min_epochs`` epochs are in ``metrics.jsonl`` (i.e. mid-way through the next epoch):
+
+* ``worker-kill``: SIGKILL the RayTrainWorker process (single node).
+* ``node-kill``: ``ray.cluster_utils.Cluster`` (head ``num_cpus=0`` + one 1-CPU worker node);
+  ``remove_node(allow_graceful=False)`` on the node hosting the worker, then ``add_node`` a new one.
+
+Writes ``OUT_DIR/result.json``: history, kill time, epochs done before the kill, pids, error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import psutil
+
+WORKER_NAME = "RayTrainWorker"
+
+
+def _history(run_dir: Path) -> list[dict]:
+    f = run_dir / "metrics.jsonl"
+    try:
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def train_workers(raylet_pids: set[int]) -> list[psutil.Process]:
+    """Alive RayTrainWorker processes whose parent is one of *our* raylets (never another Ray's)."""
+    found = []
+    for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        try:
+            if p.info["ppid"] in raylet_pids and WORKER_NAME in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def raylets_under(temp_dir: str) -> dict[int, str]:
+    """pid -> cmdline of raylet processes of the Ray whose session lives under ``temp_dir``."""
+    out = {}
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "raylet" in (p.info["name"] or "") and temp_dir in cmd:
+                out[p.info["pid"]] = cmd
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def _cfg(work: Path, max_epochs: int):
+    from grounding.config import GroundingConfig
+
+    return GroundingConfig().with_overrides({
+        "run.work_dir": str(work), "train.num_workers": 1, "train.cpus_per_worker": 1.0,
+        "train.max_failures": 2, "train.checkpoints_to_keep": 2, "train.tensorboard": False,
+        "optim.max_epochs": max_epochs, "optim.early_stop_patience": 100, "optim.batch_size": 32,
+        "model.roi_hidden": 16, "model.alpha_hidden": 8, "model.classifier_hidden": [16],
+        "model.geometry_dim": 4,
+    })
+
+
+def _watch_and_kill(run_dir: Path, min_epochs: int, kill, info: dict, deadline_s: float = 300) -> None:
+    end = time.time() + deadline_s
+    try:
+        while time.time() < end:
+            hist = _history(run_dir)
+            if len(hist) >= min_epochs:
+                info["epochs_before_kill"] = [h["epoch"] for h in hist]
+                info["kill_time"] = time.time()
+                kill(info)
+                return
+            time.sleep(0.05)
+        info["watch_error"] = "no checkpoint before the deadline"
+    except Exception:  # noqa: BLE001 - reported to the test through result.json
+        info["watch_error"] = traceback.format_exc()
+
+
+def main(scenario: str, out_dir: str) -> int:
+    out = Path(out_dir)
+    temp_dir = os.environ["FT_RAY_TMP"]
+    import ray
+
+    from grounding.bench_train import synthetic_roi_table, synthetic_vectors
+    from grounding.ray_train import run_training
+    from grounding.storage import write_table
+
+    rois = out / "rois.parquet"
+    write_table(synthetic_roi_table(int(os.environ.get("FT_ROWS", "1500")), feature_dim=12), str(rois))
+    max_epochs = int(os.environ.get("FT_EPOCHS", "6"))
+    cfg = _cfg(out / "work", max_epochs)
+    run_id = f"ft-{scenario}"
+    run_dir = out / "work" / "train" / run_id
+    info: dict = {"scenario": scenario, "max_epochs": max_epochs}
+    cluster = None
+    try:
+        if scenario == "worker-kill":
+            ctx = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
+            # Ray Train's placement-group cleaner looks the cluster up by address (several Rays run here)
+            os.environ["RAY_ADDRESS"] = ctx.address_info["address"]
+
+            def kill(i: dict) -> None:
+                workers = train_workers(set(raylets_under(temp_dir)))
+                i["killed_pids"] = [w.pid for w in workers]
+                for w in workers:
+                    os.kill(w.pid, signal.SIGKILL)
+        elif scenario == "node-kill":
+            from ray.cluster_utils import Cluster
+
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir})
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            os.environ["RAY_ADDRESS"] = cluster.address
+            ray.init(address=cluster.address, log_to_driver=True)
+
+            def kill(i: dict) -> None:
+                raylets = raylets_under(temp_dir)
+                workers = train_workers(set(raylets))
+                i["killed_pids"] = [w.pid for w in workers]
+                host = {w.ppid() for w in workers}
+                for node in list(cluster.worker_nodes):
+                    if node.all_processes["raylet"][0].process.pid in host:
+                        i["removed_node"] = node.node_id
+                        cluster.remove_node(node, allow_graceful=False)
+                cluster.add_node(num_cpus=1)  # capacity comes back, as a replacement node would
+                i["added_back"] = True
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
+        done: dict = {}
+
+        def train() -> None:  # fit() in a thread: Cluster.add_node must run in the main thread
+            t0 = time.time()
+            try:
+                result = run_training(cfg, str(rois), synthetic_vectors(8), run_id=run_id)
+                done.update(error=result.error, history=result.history, model_path=result.model_path)
+            except Exception:  # noqa: BLE001
+                done["error"] = traceback.format_exc()
+            done["fit_seconds"] = round(time.time() - t0, 1)
+
+        trainer = threading.Thread(target=train, daemon=True)
+        trainer.start()
+        _watch_and_kill(run_dir, 2, kill, info)
+        trainer.join(timeout=float(os.environ.get("FT_FIT_TIMEOUT", "420")))
+        info.update(done)
+        if trainer.is_alive():
+            info["error"] = "fit() did not return in time"
+        info["workers_after"] = [w.pid for w in train_workers(set(raylets_under(temp_dir)))]
+    except Exception:  # noqa: BLE001
+        info["error"] = traceback.format_exc()
+    finally:
+        (out / "result.json").write_text(json.dumps(info, default=str))
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
