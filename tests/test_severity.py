@@ -214,8 +214,8 @@ def test_job_dataset_form_with_a_predict_hook(tmp_path, monkeypatch):
     (tmp_path / "sev.csv").write_text("\n".join(sev_rows) + "\n")
     seen = {}
 
-    def predict_probabilities(manifest, checkpoint, cfg):
-        seen["checkpoint"], seen["rows"] = checkpoint, manifest.num_rows
+    def predict_probabilities(manifest, checkpoint, cfg, detector_path=""):
+        seen["checkpoint"], seen["rows"], seen["detector"] = checkpoint, manifest.num_rows, detector_path
         s = np.nan_to_num(np.asarray(manifest["severity"].to_pylist(), dtype=float), nan=0.5)
         return pa.table({"image_id": manifest["image_id"], "p_severe": np.clip(s + 0.05, 0, 1),
                          "p_mild": 1 - s})
@@ -227,7 +227,7 @@ def test_job_dataset_form_with_a_predict_hook(tmp_path, monkeypatch):
     rc = job.main(["--dataset", "covid", "--root", str(root), "--severity-csv", str(tmp_path / "sev.csv"),
                    "--score-column", "geo", "--score-max", "8", "--checkpoint", "ck.pt", "--out", str(out),
                    "--no-ray", "--folds", "4"])
-    assert rc == 0 and seen == {"checkpoint": "ck.pt", "rows": 24}
+    assert rc == 0 and seen == {"checkpoint": "ck.pt", "rows": 24, "detector": ""}
     m = json.loads((out / "metrics.json").read_text())["severity"]
     assert m["n_missing_score"] == 1 and m["n_patients"] == 12 and m["folds_used"] == 4
     assert m["columns"]["p_severe"]["metrics"]["mae"]["mean"] == pytest.approx(0.05, abs=0.05)
