@@ -144,11 +144,11 @@ def run_train_detector(cfg: GroundingConfig, prepared: str, out: str, run_id: st
     storage.makedirs(out)
     cpus = d.cpus_per_worker
     if d.num_workers > 0 and not d.use_gpu:
-        from grounding.ray_runtime import cluster_cpus
+        from grounding.ray_runtime import cluster_cpus, largest_node_cpus
 
-        # never ask for more CPUs than the cluster has (the run would wait forever); Ray sets the
-        # worker's torch threads to this count, so a 2-core machine trains ~2x faster with 2 than 1
-        cpus = max(min(cpus, cluster_cpus() / d.num_workers), 1.0)
+        # never ask for more CPUs than the cluster (or its biggest node) has: the run would wait forever.
+        # Ray sets the worker's torch threads to this count, so 2 cores train ~2x faster with 2 than 1.
+        cpus = max(min(cpus, cluster_cpus() / d.num_workers, largest_node_cpus()), 1.0)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"config": cfg.to_dict(), "prepared": prepared, "out": out, "image_size": sizes[0]},

@@ -74,3 +74,10 @@ def storage_path(work_dir: str, configured: str = "") -> str:
     if ray.is_initialized():
         check_storage_path(path, is_multi_node())
     return path
+
+
+def largest_node_cpus() -> float:
+    """CPUs of the biggest alive node: a single worker can never be given more than this."""
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
