@@ -213,23 +213,29 @@ def format_table(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_attribute_vectors(directory: str | Path, vectors: np.ndarray, negative_vectors: np.ndarray,
+                            negative_words: Iterable[str], extra: dict[str, Any] | None = None) -> None:
+    """The npz + json pair that ``load_attribute_vectors`` reads; the json records the npz's sha256."""
+    directory = Path(directory)
+    buf = io.BytesIO()
+    np.savez(buf, vectors=vectors, negative_vectors=negative_vectors)
+    data = buf.getvalue()
+    atomic_write_bytes(directory / VECTORS_FILE, data)
+    meta = {"vocabulary_version": VOCABULARY_VERSION, "attributes": list(ATTRIBUTES),
+            "negative_words": list(negative_words), "vector_size": int(np.asarray(vectors).shape[1]),
+            "npz_sha256": hashlib.sha256(data).hexdigest(), **(extra or {})}
+    atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2))
+
+
 def save_outputs(out_dir: str, model, table: dict[str, Any], settings: dict[str, Any]) -> None:
     """Write the model, the npz + json pair (sha256 recorded) and the CSV table, each atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / MODEL_FILE) as tmp:
         model.save(str(tmp), separately=[])  # one file, no side .npy files to lose
-    buf = io.BytesIO()
-    np.savez(buf, vectors=table["vectors"], negative_vectors=table["negative_vectors"])
-    data = buf.getvalue()
-    atomic_write_bytes(out / VECTORS_FILE, data)
-    meta = {
-        "vocabulary_version": VOCABULARY_VERSION, "attributes": list(ATTRIBUTES),
-        "negative_words": list(table["negative_words"]), "cosines": list(table["cosines"]),
-        "sources": list(table["sources"]), "vector_size": int(table["vectors"].shape[1]),
-        "npz_sha256": hashlib.sha256(data).hexdigest(), "settings": settings,
-    }
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
+    write_attribute_vectors(out, table["vectors"], table["negative_vectors"], table["negative_words"],
+                            extra={"cosines": list(table["cosines"]), "sources": list(table["sources"]),
+                                   "settings": settings})
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["attribute", "negative_word", "cosine", "source", "neighbour_1", "neighbour_2",

@@ -42,3 +42,4 @@ def ray_local(tmp_path_factory):
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield ray
     ray.shutdown()
+

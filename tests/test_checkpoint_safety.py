@@ -6,12 +6,9 @@ Fast (no Ray started). The Ray-level resume/kill tests are in test_resume.py / t
 from __future__ import annotations
 
 import ast
-import hashlib
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,6 +16,7 @@ from grounding.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoi
 from grounding.config import GroundingConfig
 from grounding.run_checks import SNAPSHOT_FILE, RunStateError, check_resume_state, require_run_id
 from grounding.vocabulary import ATTRIBUTES
+from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,21 +106,6 @@ def test_require_run_id_only_when_joining_a_cluster():
         require_run_id("train", "  ", None, env={"RAY_ADDRESS": "10.0.0.1:6379"})
 
 
-def _write_vectors(directory: Path) -> None:
-    from grounding import word_vectors as wvmod
-    from grounding.bench_train import synthetic_vectors
-    from grounding.storage import atomic_write_bytes, atomic_write_text
-    from grounding.vocabulary import VOCABULARY_VERSION
-
-    v = synthetic_vectors(8)
-    buf = io.BytesIO()
-    np.savez(buf, vectors=v.vectors, negative_vectors=v.negative_vectors)
-    atomic_write_bytes(directory / wvmod.VECTORS_FILE, buf.getvalue())
-    atomic_write_text(directory / wvmod.META_FILE, json.dumps({
-        "vocabulary_version": VOCABULARY_VERSION, "attributes": list(ATTRIBUTES),
-        "negative_words": list(v.negative_words), "npz_sha256": hashlib.sha256(buf.getvalue()).hexdigest()}))
-
-
 @pytest.mark.parametrize("via", ["flag", "env"])
 def test_train_jobs_refuse_a_missing_run_id_on_a_cluster(tmp_path, monkeypatch, capsys, via):
     """No Ray is started: the jobs stop before init_ray (a bogus address would hang otherwise)."""
@@ -137,7 +120,7 @@ def test_train_jobs_refuse_a_missing_run_id_on_a_cluster(tmp_path, monkeypatch, 
     addr = ["--address", "127.0.0.1:1"] if via == "flag" else []
     if via == "env":
         monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    _write_vectors(tmp_path / "wv")
+    write_test_vectors(tmp_path / "wv")
     rc = train.main(["--rois", str(tmp_path / "r.parquet"), "--word-vectors", str(tmp_path / "wv"),
                      "--work-dir", str(tmp_path / "w"), *addr])
     assert rc == 2 and "no run id" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from grounding.bench_train import synthetic_roi_table
 from grounding.run_checks import SNAPSHOT_FILE
 from grounding.storage import write_table
 
-from test_checkpoint_safety import _write_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
+from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 from test_fault_tolerance import _end_leftovers  # noqa: E402
 
 MAX_EPOCHS = 5
@@ -55,7 +55,7 @@ def _history(run_dir: Path) -> list[dict]:
 def test_killed_driver_resumes_with_the_same_run_id_and_a_new_id_starts_fresh(tmp_path):
     rois, wv, work = tmp_path / "rois.parquet", tmp_path / "wv", tmp_path / "work"
     write_table(synthetic_roi_table(1200, feature_dim=12), str(rois))
-    _write_vectors(wv)
+    write_test_vectors(wv)
     common = ["--rois", str(rois), "--word-vectors", str(wv), "--work-dir", str(work),
               "--set", "train.num_workers=1", "--set", "train.tensorboard=false",
               "--set", "optim.early_stop_patience=100", "--set", "optim.batch_size=32",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -12,22 +10,9 @@ import pytest
 
 from grounding.bench_train import synthetic_roi_table, synthetic_vectors
 from grounding.config import GroundingConfig
-from grounding.storage import atomic_write_bytes, atomic_write_text, write_table
-from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
-
-
-def _write_vectors(directory: Path, dim: int = 8) -> None:
-    """A word-vectors folder in the NLP job's format (npz + json with its sha256)."""
-    from grounding import word_vectors as wvmod
-
-    v = synthetic_vectors(dim)
-    buf = io.BytesIO()
-    np.savez(buf, vectors=v.vectors, negative_vectors=v.negative_vectors)
-    data = buf.getvalue()
-    atomic_write_bytes(directory / wvmod.VECTORS_FILE, data)
-    meta = {"vocabulary_version": VOCABULARY_VERSION, "attributes": list(ATTRIBUTES),
-            "negative_words": list(v.negative_words), "npz_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_text(directory / wvmod.META_FILE, json.dumps(meta))
+from grounding.storage import write_table
+from grounding.vocabulary import ATTRIBUTES
+from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 SMALL = [
@@ -74,7 +59,7 @@ def test_cli_train_then_resume_same_run_id_local_mode(tmp_path, ray_local, capsy
 
     rois, wv, work = tmp_path / "rois.parquet", tmp_path / "wv", tmp_path / "work"
     write_table(synthetic_roi_table(80, feature_dim=12), str(rois))
-    _write_vectors(wv)
+    write_test_vectors(wv)
     common = ["--rois", str(rois), "--word-vectors", str(wv), "--run-id", "resume-me", "--work-dir", str(work),
               "--set", "train.num_workers=0", *SMALL]
     assert train.main([*common, "--set", "optim.max_epochs=2"]) == 0

@@ -6,8 +6,6 @@ be killed for real. Slow: each Train run has ~15-25 s of fixed Ray cost on 2 CPU
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import signal
@@ -16,37 +14,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from grounding.bench_train import synthetic_roi_table, synthetic_vectors
-from grounding.storage import atomic_write_bytes, atomic_write_text, write_table
-from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
+from grounding.bench_train import synthetic_roi_table
+from grounding.storage import write_table
+from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"optim.batch_size": 16, "model.geometry_dim": 4, "optim.max_epochs": 2, "train.num_workers": 1,
         "train.cpus_per_worker": 0.99, "train.tensorboard": False, "train.checkpoints_to_keep": 1}
 
 
-def _write_vectors(directory: Path, dim: int = 8) -> None:
-    from grounding import word_vectors as wvmod
-
-    v = synthetic_vectors(dim)
-    buf = io.BytesIO()
-    np.savez(buf, vectors=v.vectors, negative_vectors=v.negative_vectors)
-    data = buf.getvalue()
-    atomic_write_bytes(directory / wvmod.VECTORS_FILE, data)
-    meta = {"vocabulary_version": VOCABULARY_VERSION, "attributes": list(ATTRIBUTES),
-            "negative_words": list(v.negative_words), "npz_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_text(directory / wvmod.META_FILE, json.dumps(meta))
-
-
 def _setup(tmp_path: Path, num_samples: int, search_alg: str = "optuna") -> list[str]:
     rois, wv = tmp_path / "rois.parquet", tmp_path / "wv"
     write_table(synthetic_roi_table(48, feature_dim=12), str(rois))
-    _write_vectors(wv)
+    write_test_vectors(wv)
     space = {
         "metric": "val_attribute_auc", "mode": "max", "num_samples": num_samples, "search_alg": search_alg,
         "seed": 0, "scheduler": {"grace_period": 1, "reduction_factor": 2}, "fixed": TINY,
