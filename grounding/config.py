@@ -319,6 +319,7 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 3  # NaN/Inf steps in a row before NonFiniteLossError
     shuffle_buffer_batches: int = 4  # local shuffle buffer, in batches (0 = no shuffle)
     materialize: bool = True  # cache the ROI datasets in the object store once (False: stream Parquet each epoch)
+    shard_in_memory: bool = True  # each worker reads its ROI shard once, re-shuffles it in memory per epoch
     tensorboard: bool = True  # rank-0 TensorBoard event files under the run folder
     mlflow_tracking_uri: str = ""  # MLflow when installed; empty = <run folder>/mlruns
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from grounding import engine
-from grounding.batching import GROUNDING_PURPOSE, TRAIN_COLUMNS, collate_iter, select_rows
+from grounding.batching import GROUNDING_PURPOSE, TRAIN_COLUMNS, InMemoryShard, collate_iter, select_rows
 from grounding.checkpoint import (
     CheckpointError, capture_rng, export_model, load_checkpoint, restore_rng, save_checkpoint,
 )
@@ -170,6 +170,10 @@ def train_fn_per_worker(config: dict) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     bs = cfg.optim.batch_size
     shuffle = cfg.train.shuffle_buffer_batches * bs or None
+    in_memory = to_columns is None and cfg.train.shard_in_memory
+    if in_memory:  # one pass through Ray Data; later epochs shuffle row indices in memory
+        train_rows = InMemoryShard(train_shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+        val_rows = InMemoryShard(val_shard.iter_batches(batch_size=None, batch_format="pyarrow"))
     for epoch in range(start_epoch, cfg.optim.max_epochs):
         stop = engine.should_stop([h[engine.VAL_LOSS] for h in history], cfg.optim.early_stop_patience,
                                   cfg.optim.early_stop_min_rel_change)
@@ -177,9 +181,13 @@ def train_fn_per_worker(config: dict) -> None:
             if rank == 0:
                 print(f"[grounding.train] early stopping after epoch {epoch - 1}", flush=True)
             break
-        raw = train_shard.iter_batches(batch_size=bs, batch_format=fmt, local_shuffle_buffer_size=shuffle,
-                                       local_shuffle_seed=cfg.optim.seed + 1000 * epoch + rank if shuffle else None)
-        val_raw = val_shard.iter_batches(batch_size=bs, batch_format=fmt)
+        epoch_seed = cfg.optim.seed + 1000 * epoch + rank if shuffle else None
+        if in_memory:
+            raw, val_raw = train_rows.batches(bs, epoch_seed), val_rows.batches(bs)
+        else:
+            raw = train_shard.iter_batches(batch_size=bs, batch_format=fmt, local_shuffle_buffer_size=shuffle,
+                                           local_shuffle_seed=epoch_seed)
+            val_raw = val_shard.iter_batches(batch_size=bs, batch_format=fmt)
         if to_columns is not None:
             raw, val_raw = map(to_columns, raw), map(to_columns, val_raw)
         tr = engine.train_one_epoch(

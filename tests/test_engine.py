@@ -103,3 +103,26 @@ def test_attribute_auc_skips_single_class_columns():
     probs[:, 0] = [0.9, 0.8, 0.1, 0.2]
     assert engine.attribute_auc(probs, targets) == 1.0
     assert math.isnan(engine.attribute_auc(probs, np.zeros((4, 22))))
+
+
+def test_in_memory_shard_reshuffles_every_row_once_per_epoch():
+    from grounding.batching import InMemoryShard
+
+    table = synthetic_roi_table(n=23, seed=3)
+    shard = InMemoryShard([table.slice(0, 10), table.slice(10, 0), table.slice(10)])
+    assert shard.num_rows == 23
+    stored = [i for b in shard.batches(5) for i in b["image_id"]]
+    assert stored == table["image_id"].to_pylist()
+    epoch_a = [i for b in shard.batches(5, seed=1) for i in b["image_id"]]
+    epoch_b = [i for b in shard.batches(5, seed=2) for i in b["image_id"]]
+    assert sorted(epoch_a) == sorted(stored) and sorted(epoch_b) == sorted(stored)  # each row exactly once
+    assert epoch_a != stored and epoch_a != epoch_b  # a new order per epoch seed
+    assert epoch_a == [i for b in shard.batches(5, seed=1) for i in b["image_id"]]  # same seed, same order
+    assert [len(b["image_id"]) for b in shard.batches(5)] == [5, 5, 5, 5, 3]
+    assert collate_rois(next(shard.batches(5, seed=1))) is not None  # the collate path reads these batches
+
+
+def test_in_memory_shard_of_nothing_yields_no_batches():
+    from grounding.batching import InMemoryShard
+
+    assert InMemoryShard([]).num_rows == 0 and list(InMemoryShard([]).batches(4)) == []

@@ -72,3 +72,13 @@ def test_prepare_job_quarantines_every_bad_kind(tmp_path, ray_local):
     # messages never quote header identity
     text = (out / "quarantine.parquet").read_bytes() + b"".join(p.read_bytes() for p in (out / "images").glob("*"))
     assert b"Canaryname" not in text and b"CANARY-PID" not in text
+
+
+def test_prepare_cuts_few_large_blocks_two_per_cpu_capped_in_rows():
+    from grounding.ray_prepare import MAX_BLOCK_ROWS, plan_blocks
+
+    assert plan_blocks(768, cpus=2) == 4  # per-task overhead dominates small blocks on few cores
+    assert plan_blocks(3, cpus=8) == 3  # never an empty block
+    assert plan_blocks(0, cpus=2) == 1
+    huge = 100 * MAX_BLOCK_ROWS + 1
+    assert plan_blocks(huge, cpus=2) == 101  # a retried task never redoes more than MAX_BLOCK_ROWS images
