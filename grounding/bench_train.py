@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -89,12 +89,12 @@ def synthetic_roi_table(
     return pa.Table.from_pylist(rows, schema=ROI_CACHE_SCHEMA)
 
 
-def plain_train(cfg: GroundingConfig, table: pa.Table, vectors: Any, epochs: int) -> dict:
-    """Plain PyTorch loop (no Ray) over the train rows; batches pre-collated like the Ray path's input."""
+def plain_train(cfg: GroundingConfig, table: pa.Table, vectors: Any, epochs: int, device: str = "cpu") -> dict:
+    """Plain PyTorch loop (no Ray) over the train rows, collating each batch as the Ray path does."""
     train = select_rows(table, "train")
     feature_dim = int(train["feature_dim"][0].as_py())
     torch.manual_seed(cfg.optim.seed)
-    model = build_model(feature_dim, vectors.vectors, vectors.negative_vectors, cfg.model)
+    model = build_model(feature_dim, vectors.vectors, vectors.negative_vectors, cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     per_epoch = []
     for _ in range(epochs):
@@ -102,8 +102,10 @@ def plain_train(cfg: GroundingConfig, table: pa.Table, vectors: Any, epochs: int
         stats = engine.train_one_epoch(
             model, opt, iter_table_batches(train, cfg.optim.batch_size), beta=cfg.loss.beta,
             use_classification=cfg.loss.use_classification, bce_weight=cfg.loss.bce_weight,
-            grad_clip=cfg.optim.grad_clip,
+            grad_clip=cfg.optim.grad_clip, device=torch.device(device),
         )
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         per_epoch.append((stats.samples, time.perf_counter() - t))
     steady = per_epoch[1:] or per_epoch
     return {"samples_per_s": sum(s for s, _ in steady) / max(sum(t for _, t in steady), 1e-9),
@@ -111,8 +113,8 @@ def plain_train(cfg: GroundingConfig, table: pa.Table, vectors: Any, epochs: int
 
 
 def bench_train(
-    cfg: GroundingConfig, rois: Optional[str] = None, vectors: Any = None, epochs: int = 3,
-    num_workers: int = 1, synthetic_rows: int = 512, address: Optional[str] = None,
+    cfg: GroundingConfig, rois: str | None = None, vectors: Any = None, epochs: int = 3,
+    num_workers: int = 1, synthetic_rows: int = 512, address: str | None = None,
 ) -> dict:
     """Samples/s of training through Ray Train vs a plain loop over the same ROI cache.
 
@@ -177,4 +179,25 @@ def bench_train(
     return out
 
 
-__all__ = ["ROI_CACHE_SCHEMA", "SyntheticVectors", "bench_train", "plain_train", "synthetic_roi_table", "synthetic_vectors"]
+def cache_vs_streaming(cfg: GroundingConfig, rois: str, vectors: Any, prepared: str, detector: str,
+                       epochs: int) -> dict:
+    """Steady-state epoch time of the same training from the ROI cache and with the detector in the loop."""
+    import uuid
+
+    from grounding.config import TrainMode, replace
+    from grounding.ray_train import run_training
+
+    out = {}
+    for mode in (TrainMode.CACHE, TrainMode.STREAMING):
+        run_cfg = replace(cfg, train=replace(cfg.train, mode=mode, num_workers=1),
+                          optim=replace(cfg.optim, max_epochs=epochs, early_stop_patience=epochs + 1))
+        res = run_training(run_cfg, rois, vectors, run_id=f"bench-{mode.value}-{uuid.uuid4().hex[:6]}",
+                           prepared=prepared, detector_weights=detector)
+        steady = [h["epoch_seconds"] for h in res.history[1:]] or [h["epoch_seconds"] for h in res.history]
+        out[mode.value] = {"epoch_s": round(sum(steady) / max(len(steady), 1), 3), "fit_s": round(res.fit_seconds, 1),
+                           "epochs": len(res.history)}
+    out["streaming_over_cache"] = round(out["streaming"]["epoch_s"] / max(out["cache"]["epoch_s"], 1e-9), 1)
+    return out
+
+
+__all__ = ["ROI_CACHE_SCHEMA", "SyntheticVectors", "bench_train", "cache_vs_streaming", "plain_train", "synthetic_roi_table", "synthetic_vectors"]

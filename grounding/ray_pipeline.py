@@ -27,7 +27,8 @@ DONE = "_DONE.json"
 class PipelineState:
     cfg: GroundingConfig
     work: Path
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds spent in this run (0 = skipped)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # seconds each stage took when it ran
     outputs: dict[str, str] = field(default_factory=dict)
 
     def dir(self, stage: str) -> Path:
@@ -41,6 +42,7 @@ def _stage(state: PipelineState, name: str, fn: Callable[[Path], dict], fresh: b
         info = json.loads(marker.read_text())
         print(f"[pipeline] {name}: done already ({info.get('seconds', '?')} s), skipped", flush=True)
         state.timings[name] = 0.0
+        state.stage_seconds[name] = float(info.get("seconds", 0.0))
         return info
     if out.exists():
         shutil.rmtree(out)
@@ -50,7 +52,7 @@ def _stage(state: PipelineState, name: str, fn: Callable[[Path], dict], fresh: b
     info = fn(out) or {}
     info["seconds"] = round(time.perf_counter() - start, 1)
     storage.atomic_write_text(marker, json.dumps(info, indent=2, default=str))
-    state.timings[name] = info["seconds"]
+    state.timings[name] = state.stage_seconds[name] = info["seconds"]
     print(f"[pipeline] {name}: {info['seconds']} s", flush=True)
     return info
 
@@ -81,7 +83,10 @@ def run_pipeline(cfg: GroundingConfig, fresh: bool = False) -> PipelineState:
     _stage(state, "evaluation", lambda out: _evaluate(cfg, state, out), fresh)
     _stage(state, "severity", lambda out: _severity(cfg, state, out), fresh)
     storage.atomic_write_text(state.work / "pipeline.json",
-                              json.dumps({"timings_s": state.timings, "total_s": sum(state.timings.values())},
+                              json.dumps({"timings_s": state.timings, "total_s": sum(state.timings.values()),
+                                          "stage_seconds": state.stage_seconds,
+                                          "stages_total_s": round(sum(state.stage_seconds.values()), 1),
+                                          "skipped": [k for k, v in state.timings.items() if v == 0.0]},
                                          indent=2))
     return state
 

@@ -1,7 +1,9 @@
 """``grounding bench <what>``: measured figures, printed as a table and written as JSON.
 
-    grounding bench ingest [--manifest M.parquet] [--images 64]
-    grounding bench rois | train | tune | e2e | all
+    grounding bench all --work-dir runs/default          # every section at 1x and 4x: all.json + table.md
+    grounding bench all --work-dir runs/default --no-ray # Ray-free sections only (a GPU box without Ray)
+    grounding bench ingest [--manifest M.parquet] [--images 64] [--sizes 1,4]
+    grounding bench rois | train | streaming | tune | e2e
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from rayjobs._cli import build_config, common_parser, setup_logging
 
-WHAT = ("ingest", "rois", "train", "tune", "e2e", "all")
+WHAT = ("ingest", "rois", "train", "streaming", "tune", "e2e", "all")
 
 
 def get_args_parser(add_help: bool = True):
@@ -28,6 +30,10 @@ def get_args_parser(add_help: bool = True):
     parser.add_argument("--detector", help="train: detector.pt for the streaming-mode comparison")
     parser.add_argument("--epochs", type=int, default=3, help="train: epochs per timed run")
     parser.add_argument("--out", help="JSON output folder (default: <work_dir>/bench)")
+    parser.add_argument("--no-ray", action="store_true", help="all: only the Ray-free sections (rois, plain loop)")
+    parser.add_argument("--device", default="auto", help="all/rois: cpu, cuda or auto")
+    parser.add_argument("--sections", help="all: comma-separated subset of ingest,rois,train,streaming,tune,e2e")
+    parser.add_argument("--tune-trials", type=int, default=4, help="tune: trials per size")
     return parser
 
 
@@ -64,16 +70,6 @@ def print_ingest(result: dict) -> None:
               f"{r['ray']['images_per_s']:>10} {r['speedup']:>9} {r['plain']['peak_rss_mib']:>15} "
               f"{r['ray']['peak_rss_mib']:>13}")
     print(f"speed-up per core: {result['speedup_per_core']}")
-
-
-def _read_pipeline_timings(cfg) -> dict:
-    """Stage timings of the last ``grounding pipeline`` run in this work dir."""
-    from grounding import storage
-
-    path = storage.join(cfg.run.work_dir, "pipeline.json")
-    if not storage.exists(path):
-        raise SystemExit(f"bench e2e: run 'grounding pipeline --work-dir {cfg.run.work_dir}' first ({path} missing)")
-    return json.loads(open(path).read())
 
 
 def bench_rois(cfg, args) -> dict:
@@ -117,27 +113,19 @@ def bench_train(cfg, args) -> dict:
     prepared = _default(args.prepared, cfg, "prepared")
     detector = args.detector or (_default(None, cfg, "detector/detector.pt"))
     if rois and prepared and detector:
-        result["cache_vs_streaming"] = _cache_vs_streaming(cfg, rois, vectors, prepared, detector, args.epochs)
+        from grounding.bench_train import cache_vs_streaming
+
+        result["cache_vs_streaming"] = cache_vs_streaming(cfg, rois, vectors, prepared, detector, args.epochs)
     return result
 
 
-def _cache_vs_streaming(cfg, rois, vectors, prepared, detector, epochs) -> dict:
-    import uuid
+def suite(cfg, args, out: Path, sections: tuple[str, ...]) -> dict:
+    from grounding.ray_bench_suite import SECTIONS, SuiteOptions, run_suite
 
-    from grounding.config import TrainMode, replace
-    from grounding.ray_train import run_training
-
-    out = {}
-    for mode in (TrainMode.CACHE, TrainMode.STREAMING):
-        run_cfg = replace(cfg, train=replace(cfg.train, mode=mode, num_workers=1),
-                          optim=replace(cfg.optim, max_epochs=epochs, early_stop_patience=epochs + 1))
-        res = run_training(run_cfg, rois, vectors, run_id=f"bench-{mode.value}-{uuid.uuid4().hex[:6]}",
-                           prepared=prepared, detector_weights=detector)
-        steady = [h["epoch_seconds"] for h in res.history[1:]] or [h["epoch_seconds"] for h in res.history]
-        out[mode.value] = {"epoch_s": round(sum(steady) / max(len(steady), 1), 3), "fit_s": round(res.fit_seconds, 1),
-                           "epochs": len(res.history)}
-    out["streaming_over_cache"] = round(out["streaming"]["epoch_s"] / max(out["cache"]["epoch_s"], 1e-9), 1)
-    return out
+    opts = SuiteOptions(work_dir=cfg.run.work_dir, out_dir=str(out), sizes=tuple(int(s) for s in args.sizes.split(",")),
+                        sections=sections or SECTIONS, epochs=args.epochs, tune_trials=args.tune_trials,
+                        ray=not args.no_ray, device=args.device)
+    return run_suite(cfg, opts, address=args.address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,38 +136,36 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out or storage.join(cfg.run.work_dir, "bench"))
     out.mkdir(parents=True, exist_ok=True)
-    todo = ("ingest", "rois", "train", "tune", "e2e") if args.what == "all" else (args.what,)
-    results = {}
-    for what in todo:
-        start = time.perf_counter()
-        if what == "ingest":
-            results[what] = bench_ingest(cfg, args)
-            print_ingest(results[what])
-        elif what == "rois":
-            results[what] = bench_rois(cfg, args)
-            r = results[what]
-            print(f"ROI extraction ({r['backbone']}, FPN {r['fpn_channels']}, {r['image_size']} px, N={r['num_rois']}, "
-                  f"{r['device']}): {r['images_per_second']:.2f} images/s, "
-                  f"{r['roi_parquet_bytes_per_image'] / 1024:.1f} KiB of ROI cache per image")
-        elif what == "train":
-            results[what] = bench_train(cfg, args)
-            r = results[what]
-            print(f"training samples/s: plain {r['plain']['samples_per_s']:.0f}, Ray Train "
-                  f"{r['ray']['samples_per_s']:.0f}; Ray start-up {r['ray']['startup_s']:.1f} s, teardown "
-                  f"{r['ray']['teardown_s']:.1f} s")
-            if "cache_vs_streaming" in r:
-                c = r["cache_vs_streaming"]
-                print(f"epoch time: cache {c['cache']['epoch_s']} s, streaming {c['streaming']['epoch_s']} s "
-                      f"({c['streaming_over_cache']}x)")
-        elif what == "e2e":
-            results[what] = _read_pipeline_timings(cfg)
-            print(f"end to end: {results[what]}")
-        else:
-            print(f"bench {what}: see 'grounding tune' (trials/hour is printed at the end of a search)",
-                  file=sys.stderr)
-            continue
-        results[what]["wall_s"] = round(time.perf_counter() - start, 1)
-        storage.atomic_write_text(out / f"{what}.json", json.dumps(results[what], indent=2))
+    if args.what in ("all", "streaming", "tune", "e2e"):
+        sections = tuple(args.sections.split(",")) if args.sections else (() if args.what == "all" else (args.what,))
+        try:
+            suite(cfg, args, out, sections)
+        except FileNotFoundError as err:
+            print(f"bench: {err}", file=sys.stderr)
+            return 2
+        print((out / "table.md").read_text())
+        print(f"results: {out / 'all.json'}, {out / 'table.md'}")
+        return 0
+    start = time.perf_counter()
+    if args.what == "ingest":
+        result = bench_ingest(cfg, args)
+        print_ingest(result)
+    elif args.what == "rois":
+        result = bench_rois(cfg, args)
+        print(f"ROI extraction ({result['backbone']}, FPN {result['fpn_channels']}, {result['image_size']} px, "
+              f"N={result['num_rois']}, {result['device']}): {result['images_per_second']:.2f} images/s, "
+              f"{result['roi_parquet_bytes_per_image'] / 1024:.1f} KiB of ROI cache per image")
+    else:
+        result = bench_train(cfg, args)
+        print(f"training samples/s: plain {result['plain']['samples_per_s']:.0f}, Ray Train "
+              f"{result['ray']['samples_per_s']:.0f}; Ray start-up {result['ray']['startup_s']:.1f} s, teardown "
+              f"{result['ray']['teardown_s']:.1f} s")
+        if "cache_vs_streaming" in result:
+            c = result["cache_vs_streaming"]
+            print(f"epoch time: cache {c['cache']['epoch_s']} s, streaming {c['streaming']['epoch_s']} s "
+                  f"({c['streaming_over_cache']}x)")
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    storage.atomic_write_text(out / f"{args.what}.json", json.dumps(result, indent=2))
     print(f"results: {out}")
     return 0
 
