@@ -34,6 +34,13 @@ class SimilarityNorm(str, enum.Enum):
     NONE = "none"
 
 
+class PrepareEngine(str, enum.Enum):
+    """How ``prepare`` spreads the decoding over the cluster."""
+
+    RAY_DATA = "ray_data"  # Ray Data map_batches -> write_parquet (streaming executor, backpressure)
+    RAY_TASKS = "ray_tasks"  # plain Ray tasks, one Parquet shard each, a bounded window in flight
+
+
 class TrainMode(str, enum.Enum):
     """Where the frozen detector runs during grounding training."""
 
@@ -140,6 +147,7 @@ class DataConfig:
     split_seed: int = 0
     batch_size: int = 32  # rows per Ray Data batch in prepare
     rows_per_shard: int = 256  # prepared Parquet rows per file
+    engine: PrepareEngine = PrepareEngine.RAY_DATA  # ray_tasks: less overhead on small nodes (README: Benchmarks)
 
     def validate(self, prefix: str) -> None:
         _check(32 <= self.image_size <= 4096, f"{prefix}.image_size", "must be in [32, 4096]")
@@ -557,6 +565,7 @@ __all__ = [
     "Backbone",
     "ConfigError",
     "GroundingConfig",
+    "PrepareEngine",
     "SimilarityNorm",
     "TrainMode",
     "dotted_keys",

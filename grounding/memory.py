@@ -28,7 +28,7 @@ def _ray_and_own_rss(include_ray: bool = True) -> int:
 class PeakMemory:
     """Context manager: ``peak_bytes`` = the largest sum of driver + Ray worker RSS seen."""
 
-    def __init__(self, interval_s: float = 0.1, include_ray: bool = True):
+    def __init__(self, interval_s: float = 0.25, include_ray: bool = True):
         self.interval_s = interval_s
         self.include_ray = include_ray
         self.peak_bytes = 0

@@ -13,6 +13,7 @@ import time
 
 import pyarrow as pa
 
+from grounding.config import PrepareEngine
 from grounding.memory import PeakMemory
 from grounding.prepare import PrepareOptions, prepare_row
 from grounding.schema import pseudonym
@@ -36,14 +37,15 @@ def plain_loop(manifest: pa.Table, options: PrepareOptions) -> dict:
             "images_per_s": round(manifest.num_rows / seconds, 1), "peak_rss_mib": round(mem.peak_mib)}
 
 
-def ray_prepare(manifest: pa.Table, options: PrepareOptions, batch_size: int, rows_per_shard: int) -> dict:
+def ray_prepare(manifest: pa.Table, options: PrepareOptions, batch_size: int, rows_per_shard: int,
+                engine: PrepareEngine = PrepareEngine.RAY_DATA) -> dict:
     from grounding.ray_prepare import run_prepare
 
     out = tempfile.mkdtemp(prefix="bench-prepare-")
     try:
         start = time.perf_counter()
         with PeakMemory() as mem:
-            summary = run_prepare(manifest, out, options, batch_size, rows_per_shard)
+            summary = run_prepare(manifest, out, options, batch_size, rows_per_shard, engine=engine)
         seconds = time.perf_counter() - start
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -62,15 +64,22 @@ def bench_ingest(manifest: pa.Table, options: PrepareOptions, batch_size: int, r
     init_ray()
     ray_start_s = time.perf_counter() - start
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    warm = manifest.slice(0, min(8, manifest.num_rows))
-    ray_prepare(warm, options, batch_size, rows_per_shard)  # start Ray's workers
-    plain_loop(warm, options)  # import decoders and warm the page cache for the plain loop too
+    # Rows spread over the manifest, so that every worker process (and the driver, for the plain loop)
+    # has imported the decoder of each transfer syntax before the clock starts.
+    step = max(1, manifest.num_rows // (16 * cpus))
+    warm = manifest.take(list(range(0, manifest.num_rows, step)))
+    for engine in PrepareEngine:
+        ray_prepare(warm, options, batch_size, rows_per_shard, engine)
+    plain_loop(warm, options)
     result = {"cpus": cpus, "ray_start_s": round(ray_start_s, 1), "machine_cpus": os.cpu_count(), "runs": []}
     for factor in sizes:
         rows = replicate_manifest(manifest, factor)
         plain = plain_loop(rows, options)
         distributed = ray_prepare(rows, options, batch_size, rows_per_shard)
-        result["runs"].append({"factor": factor, "plain": plain, "ray": distributed,
-                               "speedup": round(distributed["images_per_s"] / plain["images_per_s"], 2)})
-    result["speedup_per_core"] = round(result["runs"][0]["speedup"] / cpus, 2)
+        tasks = ray_prepare(rows, options, batch_size, rows_per_shard, PrepareEngine.RAY_TASKS)
+        result["runs"].append({"factor": factor, "plain": plain, "ray": distributed, "ray_tasks": tasks,
+                               "speedup": round(distributed["images_per_s"] / plain["images_per_s"], 2),
+                               "speedup_tasks": round(tasks["images_per_s"] / plain["images_per_s"], 2)})
+    result["speedup_per_core"] = round(result["runs"][-1]["speedup"] / cpus, 2)  # the largest size
+    result["speedup_per_core_tasks"] = round(result["runs"][-1]["speedup_tasks"] / cpus, 2)
     return result

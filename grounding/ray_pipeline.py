@@ -126,7 +126,7 @@ def _prepare(cfg: GroundingConfig, manifest_path: Path, out: Path) -> dict:
     options = PrepareOptions(cfg.data.image_size, cfg.data.max_pixels, cfg.data.low_percentile,
                              cfg.data.high_percentile)
     return run_prepare(storage.read_table(str(manifest_path)), str(out), options, cfg.data.batch_size,
-                       cfg.data.rows_per_shard)
+                       cfg.data.rows_per_shard, engine=cfg.data.engine)
 
 
 def _word_vectors(cfg: GroundingConfig, manifest_path: Path, out: Path) -> dict:

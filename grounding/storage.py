@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -81,14 +81,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_table(table: pa.Table, path: str) -> None:
+def write_table(table: pa.Table, path: str, compression: str = "snappy") -> None:
     """Write a Parquet file atomically (local) or as one object (URI)."""
     if is_uri(path):
         fs, p = resolve(path)
-        pq.write_table(table, p, filesystem=fs)
+        pq.write_table(table, p, filesystem=fs, compression=compression)
         return
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, compression=compression)
 
 
 def read_table(path: str, columns: list[str] | None = None) -> pa.Table:

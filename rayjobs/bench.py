@@ -63,13 +63,15 @@ def bench_ingest(cfg, args) -> dict:
 
 def print_ingest(result: dict) -> None:
     print(f"ingest (prepare) on {result['cpus']} CPU(s); Ray start {result['ray_start_s']} s (not included)")
-    print(f"{'size':>5} {'images':>7} {'plain img/s':>12} {'ray img/s':>10} {'speed-up':>9} "
-          f"{'plain peak MiB':>15} {'ray peak MiB':>13}")
+    print(f"{'size':>5} {'images':>7} {'plain img/s':>12} {'Ray Data':>9} {'speed-up':>9} {'Ray tasks':>10} "
+          f"{'speed-up':>9} {'plain MiB':>10} {'Ray Data MiB':>13} {'tasks MiB':>10}")
     for r in result["runs"]:
         print(f"{r['factor']:>4}x {r['plain']['images']:>7} {r['plain']['images_per_s']:>12} "
-              f"{r['ray']['images_per_s']:>10} {r['speedup']:>9} {r['plain']['peak_rss_mib']:>15} "
-              f"{r['ray']['peak_rss_mib']:>13}")
-    print(f"speed-up per core: {result['speedup_per_core']}")
+              f"{r['ray']['images_per_s']:>9} {r['speedup']:>9} {r['ray_tasks']['images_per_s']:>10} "
+              f"{r['speedup_tasks']:>9} {r['plain']['peak_rss_mib']:>10} {r['ray']['peak_rss_mib']:>13} "
+              f"{r['ray_tasks']['peak_rss_mib']:>10}")
+    print(f"speed-up per core at the largest size: Ray Data {result['speedup_per_core']}, "
+          f"Ray tasks {result['speedup_per_core_tasks']}")
 
 
 def bench_rois(cfg, args) -> dict:

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(args.address)
     options = PrepareOptions(cfg.data.image_size, cfg.data.max_pixels, cfg.data.low_percentile,
                              cfg.data.high_percentile)
-    summary = run_prepare(manifest, out, options, cfg.data.batch_size, cfg.data.rows_per_shard)
+    summary = run_prepare(manifest, out, options, cfg.data.batch_size, cfg.data.rows_per_shard,
+                          engine=cfg.data.engine)
     print(f"prepare: {json.dumps(summary)}")
     print(f"prepared images: {storage.join(out, 'images')}  quarantine: {storage.join(out, 'quarantine.parquet')}")
     return 0

@@ -42,7 +42,8 @@ def test_prepare_row_clips_and_scales_boxes(tmp_path):
 
 
 @pytest.mark.ray
-def test_prepare_job_quarantines_every_bad_kind(tmp_path, ray_local):
+@pytest.mark.parametrize("engine", ["ray_data", "ray_tasks"])
+def test_prepare_job_quarantines_every_bad_kind(tmp_path, ray_local, engine):
     from grounding.ray_prepare import run_prepare
 
     made = write_all(tmp_path / "in")
@@ -52,7 +53,7 @@ def test_prepare_job_quarantines_every_bad_kind(tmp_path, ray_local):
     import pyarrow as pa
     manifest = pa.concat_tables([manifest, dup])
     out = tmp_path / "out"
-    summary = run_prepare(manifest, str(out), OPTIONS, batch_size=4, rows_per_shard=8)
+    summary = run_prepare(manifest, str(out), OPTIONS, batch_size=4, rows_per_shard=8, engine=engine)
 
     good = sorted(str(p) for p, reason in made if reason is None)
     bad = {str(p): reason.value for p, reason in made if reason is not None}
