@@ -30,6 +30,8 @@ def test_markdown_table_labels_scaling_and_shows_failed_sections():
     assert lines[0].startswith("| benchmark | unit | 1x | 4x | scaling |")
     assert "| ingest: Ray | images/s | 200 | 230 | 1.15 (linear or better) | 2,900 / 3,000 |" in table
     assert "| epoch | s | 1 | 6 | 0.67 (sub-linear) |" in table
+    near = _row_dict(Row("n", "images/s", {1: 100.0, 4: 95.0}, {}))
+    assert "0.95 (about linear)" in markdown_table({"sizes": [1, 4], "sections": {"x": {"rows": [near]}}})
     assert any(line.startswith("| tune: FAILED") and "RuntimeError: no CPUs" in line for line in lines)
     json.dumps(result)  # the JSON written next to it must serialise
 
