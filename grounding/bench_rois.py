@@ -99,7 +99,12 @@ def bench_rois(
     model = build_retinanet(backbone, fpn_channels, image_size)
     det = FrozenDetector(model).to(device)
     images = torch.rand((n_images, 1, image_size, image_size), generator=gen)
-    extract_rois(det, images[:1].to(device), num_rois)  # warm-up (allocator, kernels)
+    # Warm up on every batch shape the timed loop will see: the first call of a shape selects
+    # kernels (cuDNN autotuning on a GPU) and grows the allocator.
+    for shape in {min(batch_size, n_images), n_images % batch_size or batch_size}:
+        extract_rois(det, images[:shape].to(device), num_rois)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     rows = []
     t0 = time.perf_counter()
     for i in range(0, n_images, batch_size):
