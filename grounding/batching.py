@@ -78,6 +78,15 @@ class RoiBatch:
                 kw[k] = v.to(device, non_blocking=True)
         return RoiBatch(**kw)
 
+    def take(self, index: torch.Tensor) -> RoiBatch:
+        """Rows ``index`` (1-D long tensor) as a new batch; ROI features widened to float32."""
+        kw: dict[str, Any] = {"image_ids": [self.image_ids[i] for i in index.tolist()]}
+        for f in fields(self):
+            if f.name != "image_ids":
+                t = getattr(self, f.name).index_select(0, index.to(getattr(self, f.name).device))
+                kw[f.name] = t.float() if f.name.endswith("roi_features") else t
+        return RoiBatch(**kw)
+
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments of ``GroundingModel.forward``."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("targets", "image_ids")}
@@ -185,27 +194,69 @@ def iter_table_batches(table: pa.Table, batch_size: int) -> Iterator[RoiBatch]:
 
 
 class InMemoryShard:
-    """A worker's data shard read once, then re-batched every epoch from memory.
+    """A worker's data shard read once, collated once, then re-batched every epoch by indexing.
 
     The ROI cache is small (about 10 KiB per image at the default size), so pulling a worker's shard
-    through the data pipeline every epoch costs more than the training step it feeds. Reading it once
-    and shuffling row indices per epoch keeps the steady-state epoch as fast as a plain loop.
+    through the data pipeline every epoch, or decoding and padding its rows in Python every step, costs
+    more than the training step it feeds. Here every row is validated and padded once (ROI features kept
+    in float16, as in the cache, and widened per batch) and an epoch only indexes tensors with a seeded
+    permutation. Padding is to the shard's maxima, which masks make invisible to the model.
+
+    ``batches`` yields ``ceil(rows read / batch_size)`` items, rows dropped as invalid included, with
+    ``None`` where no valid row is left: every DDP rank takes the same number of steps.
     """
 
-    def __init__(self, tables: Iterable[pa.Table]):
+    def __init__(self, tables: Iterable[pa.Table], device: torch.device | str = "cpu", chunk_rows: int = 1024):
         parts = [t for t in tables if t.num_rows]
-        self.table = pa.concat_tables(parts).combine_chunks() if parts else None
+        table = pa.concat_tables(parts) if parts else None
+        self.rows_read = 0 if table is None else table.num_rows
+        chunks: list[RoiBatch] = []
+        for start in range(0, self.rows_read, chunk_rows):  # bounded float32 transients while collating
+            cols = [c for c in TRAIN_COLUMNS if c in table.column_names]
+            batch = collate_rois(table.slice(start, chunk_rows).select(cols).to_pydict())
+            if batch is not None:
+                chunks.append(batch)
+        self.data = _concat_padded(chunks, torch.device(device)) if chunks else None
 
     @property
     def num_rows(self) -> int:
-        return 0 if self.table is None else self.table.num_rows
+        """Valid rows held (rows read minus rows dropped as invalid)."""
+        return 0 if self.data is None else len(self.data)
 
-    def batches(self, batch_size: int, seed: int | None = None) -> Iterator[dict[str, list]]:
-        """Column batches in a seeded random order (``seed=None``: stored order)."""
+    def batches(self, batch_size: int, seed: int | None = None) -> Iterator[RoiBatch | None]:
+        """Batches in a seeded random order (``seed=None``: stored order)."""
         n = self.num_rows
-        order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-        for start in range(0, n, batch_size):
-            yield self.table.take(order[start:start + batch_size]).to_pydict()
+        order = torch.arange(n) if seed is None else torch.from_numpy(np.random.default_rng(seed).permutation(n))
+        for start in range(0, self.rows_read, batch_size):
+            idx = order[start:start + batch_size]
+            yield self.data.take(idx) if len(idx) else None
+
+
+def _pad_dim1(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[1] == width:
+        return t
+    pad = torch.zeros((t.shape[0], width - t.shape[1], *t.shape[2:]), dtype=t.dtype)
+    return torch.cat([t, pad], dim=1)
+
+
+def _concat_padded(chunks: Sequence[RoiBatch], device: torch.device) -> RoiBatch:
+    """One RoiBatch from several, padded to their maxima; ROI features stored as float16."""
+    widths = {name: max(getattr(c, name).shape[1] for c in chunks)
+              for name in ("roi_features", "neg_roi_features", "attribute_ids")}
+    group = {"roi_features": "roi_features", "roi_boxes": "roi_features", "roi_scores": "roi_features",
+             "roi_mask": "roi_features", "neg_roi_features": "neg_roi_features", "neg_roi_boxes": "neg_roi_features",
+             "neg_roi_scores": "neg_roi_features", "neg_roi_mask": "neg_roi_features",
+             "attribute_ids": "attribute_ids", "attribute_mask": "attribute_ids"}
+    out: dict[str, Any] = {"image_ids": [i for c in chunks for i in c.image_ids]}
+    for f in fields(RoiBatch):
+        if f.name == "image_ids":
+            continue
+        parts = [getattr(c, f.name) for c in chunks]
+        if f.name in group:
+            parts = [_pad_dim1(p, widths[group[f.name]]) for p in parts]
+        t = torch.cat(parts)
+        out[f.name] = (t.half() if f.name.endswith("roi_features") else t).to(device)
+    return RoiBatch(**out)
 
 
 def collate_iter(batches: Iterable[Mapping[str, Any]], keep_empty: bool = False) -> Iterator[RoiBatch | None]:
@@ -221,8 +272,25 @@ def collate_iter(batches: Iterable[Mapping[str, Any]], keep_empty: bool = False)
 
 
 __all__ = [
-    "ATTRIBUTES", "FEATURE_DIM", "GROUNDING_PURPOSE", "IMAGE_ID", "InMemoryShard", "NEG_ROI_BOXES", "NEG_ROI_FEATURES",
-    "NEG_ROI_SCORES", "NUM_ROIS", "PURPOSE", "ROI_BOXES", "ROI_FEATURES", "ROI_SCORES", "RoiBatch",
-    "SPLIT", "TRAIN_COLUMNS", "collate_iter", "collate_rois", "decode_features", "iter_table_batches",
+    "ATTRIBUTES",
+    "FEATURE_DIM",
+    "GROUNDING_PURPOSE",
+    "IMAGE_ID",
+    "NEG_ROI_BOXES",
+    "NEG_ROI_FEATURES",
+    "NEG_ROI_SCORES",
+    "NUM_ROIS",
+    "PURPOSE",
+    "ROI_BOXES",
+    "ROI_FEATURES",
+    "ROI_SCORES",
+    "SPLIT",
+    "TRAIN_COLUMNS",
+    "InMemoryShard",
+    "RoiBatch",
+    "collate_iter",
+    "collate_rois",
+    "decode_features",
+    "iter_table_batches",
     "select_rows",
 ]

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from grounding import engine
-from grounding.batching import TRAIN_COLUMNS, InMemoryShard, collate_iter, select_rows
+from grounding.batching import TRAIN_COLUMNS, InMemoryShard, select_rows
 from grounding.config import GroundingConfig
 from grounding.model import build_model
 from grounding.schema import MANIFEST_SCHEMA, ROI_EXTRA
@@ -98,14 +98,14 @@ def plain_train(cfg: GroundingConfig, table: pa.Table, vectors: Any, epochs: int
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     # The same data path as a Ray Train worker with train.shard_in_memory: one in-memory shard,
     # reshuffled per epoch with the same seeds, so the comparison is the framework alone.
-    shard = InMemoryShard([train.select([c for c in TRAIN_COLUMNS if c in train.column_names])])
+    shard = InMemoryShard([train.select([c for c in TRAIN_COLUMNS if c in train.column_names])], device=device)
     shuffle = cfg.train.shuffle_buffer_batches > 0
     per_epoch = []
     for epoch in range(epochs):
         t = time.perf_counter()
         seed = cfg.optim.seed + 1000 * epoch if shuffle else None
         stats = engine.train_one_epoch(
-            model, opt, collate_iter(shard.batches(cfg.optim.batch_size, seed)), beta=cfg.loss.beta,
+            model, opt, shard.batches(cfg.optim.batch_size, seed), beta=cfg.loss.beta,
             use_classification=cfg.loss.use_classification, bce_weight=cfg.loss.bce_weight,
             grad_clip=cfg.optim.grad_clip, device=torch.device(device),
         )

@@ -172,8 +172,8 @@ def train_fn_per_worker(config: dict) -> None:
     shuffle = cfg.train.shuffle_buffer_batches * bs or None
     in_memory = to_columns is None and cfg.train.shard_in_memory
     if in_memory:  # one pass through Ray Data; later epochs shuffle row indices in memory
-        train_rows = InMemoryShard(train_shard.iter_batches(batch_size=None, batch_format="pyarrow"))
-        val_rows = InMemoryShard(val_shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+        train_rows = InMemoryShard(train_shard.iter_batches(batch_size=None, batch_format="pyarrow"), device)
+        val_rows = InMemoryShard(val_shard.iter_batches(batch_size=None, batch_format="pyarrow"), device)
     for epoch in range(start_epoch, cfg.optim.max_epochs):
         stop = engine.should_stop([h[engine.VAL_LOSS] for h in history], cfg.optim.early_stop_patience,
                                   cfg.optim.early_stop_min_rel_change)
@@ -183,21 +183,23 @@ def train_fn_per_worker(config: dict) -> None:
             break
         epoch_seed = cfg.optim.seed + 1000 * epoch + rank if shuffle else None
         if in_memory:
-            raw, val_raw = train_rows.batches(bs, epoch_seed), val_rows.batches(bs)
+            train_batches = train_rows.batches(bs, epoch_seed)
+            val_batches = (b for b in val_rows.batches(bs) if b is not None)
         else:
             raw = train_shard.iter_batches(batch_size=bs, batch_format=fmt, local_shuffle_buffer_size=shuffle,
                                            local_shuffle_seed=epoch_seed)
             val_raw = val_shard.iter_batches(batch_size=bs, batch_format=fmt)
-        if to_columns is not None:
-            raw, val_raw = map(to_columns, raw), map(to_columns, val_raw)
+            if to_columns is not None:
+                raw, val_raw = map(to_columns, raw), map(to_columns, val_raw)
+            train_batches, val_batches = collate_iter(raw, keep_empty=True), collate_iter(val_raw)
         tr = engine.train_one_epoch(
-            model, optimizer, collate_iter(raw, keep_empty=True), beta=cfg.loss.beta,
+            model, optimizer, train_batches, beta=cfg.loss.beta,
             use_classification=cfg.loss.use_classification, bce_weight=cfg.loss.bce_weight,
             grad_clip=cfg.optim.grad_clip, max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite,
             device=device,
         )
         va = engine.evaluate_epoch(
-            _unwrap(model), collate_iter(val_raw),
+            _unwrap(model), val_batches,
             beta=cfg.loss.beta, use_classification=cfg.loss.use_classification,
             bce_weight=cfg.loss.bce_weight, device=device,
         )

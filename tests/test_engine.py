@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -109,17 +110,51 @@ def test_in_memory_shard_reshuffles_every_row_once_per_epoch():
     from grounding.batching import InMemoryShard
 
     table = synthetic_roi_table(n=23, seed=3)
-    shard = InMemoryShard([table.slice(0, 10), table.slice(10, 0), table.slice(10)])
+    shard = InMemoryShard([table.slice(0, 10), table.slice(10, 0), table.slice(10)], chunk_rows=7)
     assert shard.num_rows == 23
-    stored = [i for b in shard.batches(5) for i in b["image_id"]]
+    ids = lambda batches: [i for b in batches for i in b.image_ids]  # noqa: E731
+    stored = ids(shard.batches(5))
     assert stored == table["image_id"].to_pylist()
-    epoch_a = [i for b in shard.batches(5, seed=1) for i in b["image_id"]]
-    epoch_b = [i for b in shard.batches(5, seed=2) for i in b["image_id"]]
+    epoch_a, epoch_b = ids(shard.batches(5, seed=1)), ids(shard.batches(5, seed=2))
     assert sorted(epoch_a) == sorted(stored) and sorted(epoch_b) == sorted(stored)  # each row exactly once
     assert epoch_a != stored and epoch_a != epoch_b  # a new order per epoch seed
-    assert epoch_a == [i for b in shard.batches(5, seed=1) for i in b["image_id"]]  # same seed, same order
-    assert [len(b["image_id"]) for b in shard.batches(5)] == [5, 5, 5, 5, 3]
-    assert collate_rois(next(shard.batches(5, seed=1))) is not None  # the collate path reads these batches
+    assert epoch_a == ids(shard.batches(5, seed=1))  # same seed, same order
+    assert [len(b) for b in shard.batches(5)] == [5, 5, 5, 5, 3]
+
+
+def test_in_memory_shard_batches_equal_collating_those_rows_directly():
+    """Collated once (chunked, padded to the shard's maxima, features in float16) and indexed per batch =
+    collating the same rows per batch: the model sees the same numbers."""
+    from grounding.batching import InMemoryShard
+
+    table = synthetic_roi_table(n=19, seed=4)
+    shard = InMemoryShard([table], chunk_rows=6)
+    batch = next(shard.batches(8, seed=5))
+    direct = collate_rois(table.take(
+        [table["image_id"].to_pylist().index(i) for i in batch.image_ids]).to_pydict())
+    k, m = direct.roi_features.shape[1], direct.attribute_ids.shape[1]
+    torch.testing.assert_close(batch.roi_features[:, :k], direct.roi_features)  # features were float16 already
+    torch.testing.assert_close(batch.neg_roi_features[:, :k], direct.neg_roi_features)
+    assert batch.roi_features.dtype == torch.float32
+    torch.testing.assert_close(batch.targets, direct.targets)
+    assert torch.equal(batch.attribute_mask[:, :m], direct.attribute_mask)
+    assert not batch.attribute_mask[:, m:].any()  # wider padding is masked out
+    assert torch.equal(batch.attribute_ids[:, :m][direct.attribute_mask], direct.attribute_ids[direct.attribute_mask])
+
+
+def test_in_memory_shard_keeps_the_step_count_when_rows_are_invalid():
+    from grounding.batching import InMemoryShard
+
+    table = synthetic_roi_table(n=10, seed=6)
+    feats = table["roi_features"].to_pylist()
+    feats[3] = feats[3][:-2]  # truncated features: the row is dropped with a warning
+    table = table.set_column(table.schema.get_field_index("roi_features"), "roi_features",
+                             pa.array(feats, type=table.schema.field("roi_features").type))
+    shard = InMemoryShard([table])
+    assert shard.rows_read == 10 and shard.num_rows == 9
+    out = list(shard.batches(3))
+    assert len(out) == 4 and out[-1] is None  # ceil(10 / 3) steps on every rank, the empty one skipped
+    assert sum(len(b) for b in out if b is not None) == 9
 
 
 def test_in_memory_shard_of_nothing_yields_no_batches():
