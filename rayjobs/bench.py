@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         sections = tuple(args.sections.split(",")) if args.sections else (() if args.what == "all" else (args.what,))
         try:
             suite(cfg, args, out, sections)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:  # missing pipeline outputs, unknown section names
             print(f"bench: {err}", file=sys.stderr)
             return 2
         print((out / "table.md").read_text())
