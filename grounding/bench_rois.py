@@ -134,3 +134,10 @@ def bench_rois(
         "roi_columns_bytes_per_image": raw,
         "roi_parquet_bytes_per_image": buf.getbuffer().nbytes / n_images,
     }
+
+
+def bench_rois_for(cfg, n_images: int, device: str) -> dict:
+    """:func:`bench_rois` with the detector and image size of a ``GroundingConfig``."""
+    d = cfg.detector
+    return bench_rois(backbone=d.backbone.value, fpn_channels=d.fpn_channels, image_size=cfg.data.image_size,
+                      num_rois=d.num_rois, batch_size=d.extract_batch_size, n_images=n_images, device=device, seed=0)

@@ -31,6 +31,7 @@ import torch
 from grounding import storage
 from grounding.config import GroundingConfig, load_config
 from grounding.memory import PeakMemory
+from grounding.predict import resolve_device
 
 log = logging.getLogger(__name__)
 SECTIONS = ("ingest", "rois", "train", "streaming", "tune", "e2e")
@@ -144,19 +145,16 @@ def bench_ingest_section(cfg: GroundingConfig, opts: SuiteOptions, work: Path) -
 
 
 def bench_rois_section(cfg: GroundingConfig, opts: SuiteOptions, device: str) -> list[Row]:
-    from grounding.bench_rois import bench_rois
+    from grounding.bench_rois import bench_rois_for
 
     rows = []
     configs = [("default", cfg)]
     if device.startswith("cuda"):  # the paper's scale only where it runs in seconds
         configs.append(("paper", load_config("paper")))
     for label, c in configs:
-        d, vals, peaks, extra = c.detector, {}, {}, {}
+        vals, peaks, extra = {}, {}, {}
         for k in opts.sizes:
-            r, peak = _measure(lambda c=c, d=d, k=k: bench_rois(
-                backbone=d.backbone.value, fpn_channels=d.fpn_channels, image_size=c.data.image_size,
-                num_rois=d.num_rois, batch_size=d.extract_batch_size, n_images=opts.rois_images * k,
-                device=device, seed=0), include_ray=False)
+            r, peak = _measure(lambda c=c, k=k: bench_rois_for(c, opts.rois_images * k, device), include_ray=False)
             vals[k], peaks[k], extra = round(r["images_per_second"], 1), peak, r
         rows.append(Row(f"ROI extraction ({label}: {extra['backbone']}, {extra['image_size']} px, "
                         f"N={extra['num_rois']}, {device})", "images/s", vals, peaks,
@@ -288,10 +286,6 @@ def bench_e2e_section(opts: SuiteOptions, work: Path, tmp: Path) -> list[Row]:
 
 # -- driver ----------------------------------------------------------------------------------------
 
-def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def run_suite(cfg: GroundingConfig, opts: SuiteOptions, address: str | None = None) -> dict:
     """Run the chosen sections; write ``<out>/all.json`` and ``<out>/table.md``; return the results.
 
@@ -306,7 +300,7 @@ def run_suite(cfg: GroundingConfig, opts: SuiteOptions, address: str | None = No
     if missing:
         raise FileNotFoundError(f"bench needs a finished pipeline in {work} (missing: {', '.join(missing)}); "
                                 f"run 'grounding pipeline --work-dir {opts.work_dir}' first")
-    device = resolve_device(opts.device)
+    device = str(resolve_device(opts.device))
     if opts.ray:
         from grounding.ray_runtime import init_ray
 

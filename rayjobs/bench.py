@@ -75,18 +75,10 @@ def print_ingest(result: dict) -> None:
 
 
 def bench_rois(cfg, args) -> dict:
-    from grounding.bench_rois import bench_rois as run
+    from grounding.bench_rois import bench_rois_for
+    from grounding.predict import resolve_device
 
-    d = cfg.detector
-    return run(backbone=d.backbone.value, fpn_channels=d.fpn_channels, image_size=cfg.data.image_size,
-               num_rois=d.num_rois, batch_size=d.extract_batch_size, n_images=args.images, num_threads=None,
-               device="cuda" if _has_cuda() else "cpu", seed=0)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return bench_rois_for(cfg, args.images, str(resolve_device(args.device)))
 
 
 def _default(path: str | None, cfg, name: str) -> str | None:
