@@ -52,6 +52,7 @@ class EvalSettings:
     nms_iou: float = 0.5
     batch_size: int = 64
     figure_images: int = 8
+    pool_diagnostics: bool = True  # the "ROI pool diagnostics" section (grounding.pool_eval)
     notes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -59,7 +60,8 @@ class EvalSettings:
         return cls(iou_thresholds=tuple(eval_cfg.iou_thresholds),
                    bootstrap_samples=eval_cfg.bootstrap_samples, confidence=eval_cfg.confidence,
                    seed=eval_cfg.seed, cam_threshold=eval_cfg.cam_threshold,
-                   cam_epochs=eval_cfg.cam_epochs, cam_input_size=eval_cfg.cam_input_size, **kw)
+                   cam_epochs=eval_cfg.cam_epochs, cam_input_size=eval_cfg.cam_input_size,
+                   pool_diagnostics=eval_cfg.pool_diagnostics, **kw)
 
 
 def score_checkpoint(model_path: str, table: pa.Table, nms_iou: float = 0.5,
@@ -110,6 +112,46 @@ def _cam_methods(prepared: str, loc: pa.Table, s: EvalSettings) -> tuple[dict, d
             by_id = {i: p.boxes for i, p in zip(have, preds)}
         methods[method.value] = [by_id.get(i, np.zeros((0, 4))) for i in ids]
     return methods, info
+
+
+def _pool_diagnostics(loc: pa.Table, gt: list, methods: dict, checkpoints: dict[str, str], prepared: str,
+                      out: str, s: EvalSettings) -> tuple[dict, dict[str, str]]:
+    """``pool_eval.diagnose`` for every model that picks from the pool, and the alpha figure."""
+    from grounding import pool_eval
+    from grounding.checkpoint import load_model
+
+    pool = pool_eval.read_pool(loc, gt)
+    keep = [j for j, g in enumerate(gt) if len(g)]  # images with expert boxes, as Table 1 counts them
+    pool = pool_eval.Pool(*([getattr(pool, f)[j] for j in keep] for f in
+                            ("image_ids", "boxes", "scores", "probe_inputs", "ious", "gt")))
+    models = {name: load_model(path)[0] for name, path in checkpoints.items() if path}
+    chosen = {name: [methods[name][j][:1] for j in keep] for name in models}
+    rows = _take(loc, pool.image_ids)
+    result = pool_eval.diagnose(pool, models, chosen, rows, s.iou_thresholds, s.bootstrap_samples or 1,
+                                s.confidence, s.seed)
+    figures: dict[str, str] = {}
+    if prepared and "proposed" in models and pool.image_ids:
+        from grounding import figures as figs
+        from grounding.prepared import bytes_to_pixels, read_prepared
+
+        alphas = {i: o["alpha"] for i, o in pool_eval.model_pool_outputs(models["proposed"], rows).items()}
+        pick = pool_eval.alpha_figure_inputs(pool, alphas, s.figure_images)
+        ids = [pool.image_ids[i] for i in pick]
+        px_rows = _take(read_prepared(prepared, columns=["image_id", "pixels", "image_size"]), ids).to_pylist()
+        px = {r["image_id"]: bytes_to_pixels(r["pixels"], r["image_size"]) for r in px_rows}
+        sizes = dict(zip(loc.column("image_id").to_pylist(),
+                         zip(loc.column("height").to_pylist(), loc.column("width").to_pylist())))
+        pick = [i for i in pick if pool.image_ids[i] in px]
+        if pick:
+            def prep(boxes, image_id):
+                n = px[image_id].shape[0]
+                return scale_boxes(boxes, sizes[image_id], (n, n))
+
+            figures["Alpha over the ROI pool (proposed)"] = figs.alpha_over_pool(
+                [px[pool.image_ids[i]] for i in pick], [prep(pool.boxes[i], pool.image_ids[i]) for i in pick],
+                [alphas[pool.image_ids[i]] for i in pick], [prep(pool.gt[i], pool.image_ids[i]) for i in pick],
+                storage.join(out, "figures", "alpha_pool.png"), titles=[pool.image_ids[i][:10] for i in pick])
+    return result, figures
 
 
 def _read_history(path: str) -> list[dict]:
@@ -251,11 +293,18 @@ def run_evaluation(rois: str, checkpoint: str, out: str, settings: EvalSettings,
                        "report-derived label pneumonia_positive (same images and weak supervision as the "
                        "proposed model); with GAP + linear head both give the same box.")
     storage.makedirs(out)
+    pool_figures: dict[str, str] = {}
+    if s.pool_diagnostics:
+        try:
+            metrics["pool_diagnostics"], pool_figures = _pool_diagnostics(
+                loc, gt, methods, {"proposed_no_cls": checkpoint_no_cls, "proposed": checkpoint}, prepared, out, s)
+        except (ValueError, OSError) as err:
+            s.notes.append(f"ROI pool diagnostics skipped: {err}")
     ious = ev.per_image_ious(methods, gt)
     top1 = {f"box_{m}": [b[:1].reshape(-1).tolist() for b in p] for m, p in methods.items()}
     storage.write_table(pa.table({"image_id": ids, **{f"iou_{m}": v for m, v in ious.items()}, **top1}),
                         storage.join(out, "predictions.parquet"))
-    figures = _figures(out, loc, table, gt, scored, prepared, list(histories), manifest, s)
+    figures = {**_figures(out, loc, table, gt, scored, prepared, list(histories), manifest, s), **pool_figures}
     metrics["notes"] = list(s.notes)
     from grounding.report import write_report
 

@@ -55,6 +55,18 @@ def _show(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _panels(n: int, ncols: int, height: float, what: str):
+    """A grid of ``n`` image panels, ``ncols`` wide (unused panels hidden)."""
+    if n == 0:
+        raise ValueError(f"{what} needs at least one image")
+    ncols = max(1, min(ncols, n))
+    fig, axes = plt.subplots(math.ceil(n / ncols), ncols, figsize=(3.2 * ncols, height * math.ceil(n / ncols)),
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
 def boxes_grid(images: Sequence[np.ndarray], gt_boxes: Sequence, pred_boxes: Sequence, path: str,
                attribute_probs: Sequence[Mapping[str, float]] | None = None,
                titles: Sequence[str] | None = None, pred_scores: Sequence | None = None,
@@ -67,13 +79,7 @@ def boxes_grid(images: Sequence[np.ndarray], gt_boxes: Sequence, pred_boxes: Seq
         attribute_probs: N ``{attribute: probability}``; the ``top_attributes`` highest are listed.
     """
     n = len(images)
-    if n == 0:
-        raise ValueError("boxes_grid needs at least one image")
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.9 * nrows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
+    fig, axes = _panels(n, ncols, 3.9, "boxes_grid")
     for i in range(n):
         ax = axes.flat[i]
         _show(ax, images[i])
@@ -87,6 +93,38 @@ def boxes_grid(images: Sequence[np.ndarray], gt_boxes: Sequence, pred_boxes: Seq
     fig.legend(handles=[Rectangle((0, 0), 1, 1, fill=False, edgecolor=GT_COLOUR, label="expert"),
                         Rectangle((0, 0), 1, 1, fill=False, edgecolor=PRED_COLOUR, label="predicted")],
                loc="lower center", ncol=2, fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def alpha_over_pool(images: Sequence[np.ndarray], pool_boxes: Sequence, alphas: Sequence, gt_boxes: Sequence,
+                    path: str, titles: Sequence[str] | None = None, ncols: int = 4, show: int = 12) -> str:
+    """Alpha over the ROI pool: each image's ``show`` highest-alpha ROIs, colour and line width by alpha
+    relative to uniform (1/N), expert boxes green. Uniform attention draws every box alike.
+
+    Args:
+        images: N (H_i, W_i) uint8. pool_boxes: N (K_i, 4) xyxy in each image's pixels.
+        alphas: N (K_i,) attention weights. gt_boxes: N (G_i, 4) xyxy.
+    """
+    n = len(images)
+    fig, axes = _panels(n, ncols, 3.6, "alpha_over_pool")
+    cmap = plt.get_cmap("plasma")
+    for i in range(n):
+        ax = axes.flat[i]
+        _show(ax, images[i])
+        a = np.asarray(alphas[i], dtype=np.float64)
+        b = np.asarray(pool_boxes[i], dtype=np.float64).reshape(-1, 4)
+        rel = a * len(a)  # 1 = uniform
+        for j in np.argsort(-a, kind="stable")[:show][::-1]:  # strongest drawn last (on top)
+            x1, y1, x2, y2 = b[j]
+            level = min(1.0, rel[j] / 4.0)
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=cmap(level),
+                                   linewidth=0.6 + 2.4 * level))
+        _draw_boxes(ax, gt_boxes[i], GT_COLOUR, lw=1.4)
+        label = f"max alpha x N = {rel.max():.1f}" if len(a) else "no ROIs"
+        ax.set_title(f"{titles[i]}  {label}" if titles is not None else label, fontsize=8)
+    fig.suptitle("ROI attention alpha (bright, thick = high; x N = relative to uniform); expert boxes green",
+                 fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 

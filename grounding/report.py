@@ -169,6 +169,55 @@ def severity_table(sev: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
+POOL_EXPLANATION = (
+    "Every method below picks one box from the frozen detector's ROI pool, so the pool bounds it. "
+    "**Oracle**: some ROI reaches IoU >= t (the ceiling of any re-ranking). **Random ROI**: the expected "
+    "hit rate of a uniformly random pick; a ranking that does not beat it carries no localization "
+    "signal. **Probe ceiling**: a logistic regression trained on these held-out expert boxes themselves "
+    "(cross-validated by image): whether the ROI features hold the signal at all; a ceiling, never a "
+    "method. **Report-conditioned**: ROIs ranked by R_roi_i computed with the image's own report: "
+    "whether the cross-attention learned which regions the words describe. **Alpha-weighted IoU** "
+    "above the **pool mean IoU** means alpha puts its mass on the right ROIs; the entropy ratio is "
+    "H(alpha) / log N (1 = uniform); Spearman is alpha against the detector score per image; the area "
+    "ratio is the chosen box over the expert box it overlaps (median).")
+
+
+def _hits_row(label: str, hits: Mapping[str, Any], thresholds: Sequence[float]) -> str:
+    return f"| {label} | " + " | ".join(_pct_cell(hits.get(hit_name(t), {})) for t in thresholds) + " |"
+
+
+def pool_diagnostics_section(pd: Mapping[str, Any], thresholds: Sequence[float] = (0.25, 0.5, 0.75)) -> str:
+    """Markdown for ``metrics["pool_diagnostics"]`` (``grounding.pool_eval.diagnose``)."""
+    head = "| ranking of the ROI pool | " + " | ".join(f"IoU >= {t:g}" for t in thresholds) + " |"
+    lines = [POOL_EXPLANATION, "", head, "| --- |" + " --- |" * len(thresholds)]
+    pool = pd["pool"]
+    lines.append(_hits_row(f"oracle: best ROI of the pool ({pool['rois_per_image']:.0f} ROIs/image)",
+                           pool["oracle"], thresholds))
+    lines.append(_hits_row("random ROI (expectation)", pool["random"], thresholds))
+    lines.append(_hits_row("detector score, top-1 of the pool", pd["detector_score_ranking"], thresholds))
+    probe = pd.get("probe_ceiling", {})
+    if "hits" in probe:
+        lines.append(_hits_row(f"probe ceiling (supervised on these boxes, ROC AUC {probe['auc']:.2f}; "
+                               "not a method)", probe["hits"], thresholds))
+    for name, m in pd.get("methods", {}).items():
+        lines.append(_hits_row(f"{name}: alpha, top-1 of the pool", m["alpha_ranking"], thresholds))
+        rc = m["report_conditioned_ranking"]
+        lines.append(_hits_row(f"{name}: report-conditioned R_roi ({rc['images']} images with attributes)",
+                               rc["hits"], thresholds))
+        lines.append(_hits_row("random ROI on those images", rc["random"], thresholds))
+    lines += ["", "| method | alpha-weighted IoU | pool mean IoU | difference [95 % CI] | entropy ratio | "
+              "Spearman(alpha, score) | chosen / expert area |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, m in pd.get("methods", {}).items():
+        d = m["weighted_minus_pool_mean"]
+        lines.append(f"| {name} | {_num(m['weighted_iou']['estimate'])} | {_num(d['mean_b'])} | "
+                     f"{_num(d['estimate'], '+.3f')} [{_num(d['low'], '+.3f')}, {_num(d['high'], '+.3f')}] | "
+                     f"{_num(m['entropy_ratio'], '.2f')} | {_num(m['spearman_alpha_score'], '+.2f')} | "
+                     f"{_num(m['chosen_to_expert_area'], '.2f')} |")
+    if "skipped" in probe:
+        lines += ["", f"- Probe ceiling skipped: {probe['skipped']}."]
+    return "\n".join(lines)
+
+
 def render_markdown(metrics: Mapping[str, Any], figures: Mapping[str, str], base_dir: str | None = None) -> str:
     parts = ["# Evaluation report", ""]
     if "localization" in metrics:
@@ -178,6 +227,10 @@ def render_markdown(metrics: Mapping[str, Any], figures: Mapping[str, str], base
                   localization_table(metrics["localization"], metrics.get("iou_thresholds", (0.25, 0.5, 0.75))), ""]
     if metrics.get("comparisons"):
         parts += ["### Paired comparisons (same images)", "", comparisons_table(metrics["comparisons"]), ""]
+    if metrics.get("pool_diagnostics"):
+        parts += ["## ROI pool diagnostics", "",
+                  pool_diagnostics_section(metrics["pool_diagnostics"], metrics.get("iou_thresholds", (0.25, 0.5, 0.75))),
+                  ""]
     if "attributes" in metrics:
         parts += ["## Attribute classifier (held-out studies)", "", attribute_table(metrics["attributes"]), ""]
     if "severity" in metrics:

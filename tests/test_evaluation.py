@@ -213,3 +213,29 @@ def test_ray_evaluation_matches_in_process(cache, tmp_path, ray_local):
     b = run_evaluation_ray(str(tmp / "rois"), model, str(tmp_path / "b"), settings, checkpoint_no_cls=no_cls)
     assert a["localization"] == b["localization"] and a["comparisons"] == b["comparisons"]
     assert a["attributes"]["mean_auc"] == pytest.approx(b["attributes"]["mean_auc"])
+
+
+def test_pool_diagnostics_on_the_hand_made_cache(cache, tmp_path):
+    tmp, model, no_cls, rows = cache
+    prepared = _prepared(tmp_path, rows)
+    m = run_evaluation(str(tmp / "rois"), model, str(tmp_path / "eval"), EvalSettings(bootstrap_samples=100,
+                       cam_epochs=1, cam_input_size=32), checkpoint_no_cls=no_cls, prepared=prepared)
+    pd = m["pool_diagnostics"]
+    # every image has the same pool: ROI IoUs 1.0, 0.6, 0.0, 0.43 with its expert box
+    assert pd["pool"]["images"] == 4
+    assert pd["pool"]["oracle"]["hit_iou75"]["estimate"] == pytest.approx(1.0)
+    assert pd["pool"]["random"]["hit_iou50"]["estimate"] == pytest.approx(0.5)
+    pool_mean = (1.0 + 0.6 + 0.0 + 0.3 / 0.7) / 4
+    assert pd["pool"]["pool_mean_iou"]["estimate"] == pytest.approx(pool_mean, abs=1e-3)
+    assert pd["detector_score_ranking"]["hit_iou75"]["estimate"] == pytest.approx(1.0)  # r0 has the top score
+    proposed, blind = pd["methods"]["proposed"], pd["methods"]["proposed_no_cls"]
+    assert proposed["alpha_ranking"]["hit_iou50"]["estimate"] == pytest.approx(0.5)  # e0, e1 of 4
+    assert blind["weighted_iou"]["estimate"] == pytest.approx(0.0, abs=1e-3)  # alpha ~1 on r2 (IoU 0)
+    assert blind["weighted_minus_pool_mean"]["high"] < 0
+    assert blind["entropy_ratio"] < 0.05 and blind["report_conditioned_ranking"]["images"] == 3  # e3: no words
+    assert "skipped" in pd["probe_ceiling"]  # 4 images, fewer than 5 folds
+    assert "## ROI pool diagnostics" in (tmp_path / "eval" / "report.md").read_text()
+    assert (tmp_path / "eval" / "figures" / "alpha_pool.png").stat().st_size > 1000
+    off = run_evaluation(str(tmp / "rois"), model, str(tmp_path / "off"), EvalSettings(bootstrap_samples=0,
+                         pool_diagnostics=False))
+    assert "pool_diagnostics" not in off
