@@ -87,6 +87,18 @@ class RoiBatch:
                 kw[f.name] = t.float() if f.name.endswith("roi_features") else t
         return RoiBatch(**kw)
 
+    def with_other_study_negatives(self) -> "RoiBatch":
+        """The batch with I_n = the positive ROIs of the next study (a roll by one over the batch).
+
+        Harder negatives than the lowest-scored anchors (``loss.negative_rois=other_study``): they look
+        like lesions, so only a match with this report's words can tell them apart. A batch of one
+        study is its own negative, which makes the ROI-side term a constant (no gradient).
+        """
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("roi_features", "roi_boxes", "roi_scores", "roi_mask"):
+            kw[f"neg_{name}"] = kw[name].roll(1, dims=0)
+        return RoiBatch(**kw)
+
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments of ``GroundingModel.forward``."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("targets", "image_ids")}

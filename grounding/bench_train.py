@@ -107,7 +107,7 @@ def plain_train(cfg: GroundingConfig, table: pa.Table, vectors: Any, epochs: int
         stats = engine.train_one_epoch(
             model, opt, shard.batches(cfg.optim.batch_size, seed), beta=cfg.loss.beta,
             use_classification=cfg.loss.use_classification, bce_weight=cfg.loss.bce_weight,
-            grad_clip=cfg.optim.grad_clip, device=torch.device(device),
+            negative_rois=cfg.loss.negative_rois, grad_clip=cfg.optim.grad_clip, device=torch.device(device),
         )
         if device.startswith("cuda"):
             torch.cuda.synchronize()

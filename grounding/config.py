@@ -34,6 +34,22 @@ class SimilarityNorm(str, enum.Enum):
     NONE = "none"
 
 
+class ClassifierInput(str, enum.Enum):
+    """What the attribute classifier reads (design.md 1.4)."""
+
+    POOLED_FEATURES = "pooled_features"  # the paper: classifier(v), v = sum_i alpha_i phi_i
+    # Extension (not the paper): sum_i alpha_i classifier(phi_i). Each ROI must explain the report
+    # on its own, so alpha gets credit for picking the ROIs that do (attention-MIL on logits).
+    PER_ROI_LOGITS = "per_roi_logits"
+
+
+class NegativeRois(str, enum.Enum):
+    """Which ROIs play I_n in the ROI-side triplet term."""
+
+    LOWEST_SCORED = "lowest_scored"  # the paper's reading: the detector's N lowest-scored anchors
+    OTHER_STUDY = "other_study"  # harder: the positive ROIs of another study in the same batch
+
+
 class PrepareEngine(str, enum.Enum):
     """How ``prepare`` spreads the decoding over the cluster."""
 
@@ -271,6 +287,8 @@ class ModelConfig:
     lambda_a: float = 4.0  # softmax temperature over attributes
     lambda_b: float = 9.0  # softmax temperature over ROIs
     dropout: float = 0.1
+    classifier_input: ClassifierInput = ClassifierInput.POOLED_FEATURES  # per_roi_logits: an extension
+    score_prior: bool = False  # extension: alpha's logits + log s_i (the detector score as a prior)
 
     def validate(self, prefix: str) -> None:
         _check(self.roi_hidden >= 0, f"{prefix}.roi_hidden", "must be >= 0")
@@ -287,6 +305,7 @@ class LossConfig:
     beta: float = 0.8  # triplet margin
     use_classification: bool = True  # False = the paper's "without classification" ablation
     bce_weight: float = 1.0
+    negative_rois: NegativeRois = NegativeRois.LOWEST_SCORED  # I_n of the ROI-side triplet term
 
     def validate(self, prefix: str) -> None:
         _check(0.0 <= self.beta <= 4.0, f"{prefix}.beta", "must be in [0, 4]")
@@ -350,6 +369,7 @@ class EvalConfig:
     cam_threshold: float = 0.5  # CAM/Grad-CAM box: pixels >= cam_threshold * max (grounding.cam)
     cam_epochs: int = 5  # CAM baseline classifier training (grounding.cam_train)
     cam_input_size: int = 128
+    pool_diagnostics: bool = True  # evaluate: the ROI pool diagnostics section (oracle, random, probe, alpha)
 
     def validate(self, prefix: str) -> None:
         _check(all(0.0 < t <= 1.0 for t in self.iou_thresholds), f"{prefix}.iou_thresholds", "must be in (0, 1]")

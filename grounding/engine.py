@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from grounding.batching import RoiBatch
+from grounding.config import NegativeRois
 from grounding.losses import output_loss
 
 # Metric names (flat snake_case, used by the loop, ray.train.report, TensorBoard and Tune).
@@ -68,6 +69,12 @@ class EvalStats:
     targets: Optional[np.ndarray] = field(default=None, repr=False)
 
 
+def _with_negatives(batch: RoiBatch, negative_rois: NegativeRois) -> RoiBatch:
+    if NegativeRois(negative_rois) is NegativeRois.OTHER_STUDY:
+        return batch.with_other_study_negatives()
+    return batch
+
+
 def _all_ranks_ok(ok: bool, device: torch.device) -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         flag = torch.tensor([1.0 if ok else 0.0], device=device)
@@ -86,6 +93,7 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     max_consecutive_nonfinite: int = 3,
     device: torch.device | str = "cpu",
+    negative_rois: NegativeRois = NegativeRois.LOWEST_SCORED,
 ) -> EpochStats:
     """One pass over ``batches``; a non-finite loss skips the step (counted).
 
@@ -97,6 +105,7 @@ def train_one_epoch(
         grad_clip: max gradient norm (0 = off).
         max_consecutive_nonfinite: raise :class:`NonFiniteLossError` after this many in a row.
         device: where tensors go.
+        negative_rois: which ROIs play I_n (``RoiBatch.with_other_study_negatives``).
 
     Returns:
         :class:`EpochStats` with sample-weighted mean losses over the steps taken.
@@ -110,7 +119,7 @@ def train_one_epoch(
     for batch in batches:
         parts = None
         if batch is not None and len(batch):
-            batch = batch.to(device)
+            batch = _with_negatives(batch.to(device), negative_rois)
             out = model(**batch.model_inputs())
             parts = output_loss(out, batch.targets, beta, use_classification, bce_weight)
         finite = parts is not None and bool(torch.isfinite(parts.total).item())
@@ -162,6 +171,7 @@ def evaluate_epoch(
     use_classification: bool,
     bce_weight: float,
     device: torch.device | str = "cpu",
+    negative_rois: NegativeRois = NegativeRois.LOWEST_SCORED,
 ) -> EvalStats:
     """Validation: mean losses (non-finite batches excluded), attribute probabilities and macro AUC."""
     device = torch.device(device)
@@ -172,7 +182,7 @@ def evaluate_epoch(
     for batch in batches:
         if batch is None or not len(batch):
             continue
-        batch = batch.to(device)
+        batch = _with_negatives(batch.to(device), negative_rois)
         out = model(**batch.model_inputs())
         parts = output_loss(out, batch.targets, beta, use_classification, bce_weight)
         probs.append(out.probabilities.float().cpu().numpy())

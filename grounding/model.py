@@ -19,7 +19,7 @@ import torch.nn as nn
 import torchvision
 
 from grounding.attention import cross_attention, masked_softmax
-from grounding.config import SimilarityNorm
+from grounding.config import ClassifierInput, SimilarityNorm
 from grounding.vocabulary import NUM_ATTRIBUTES
 
 
@@ -84,6 +84,10 @@ class GroundingModel(nn.Module):
         negative_vectors: (22, d) vectors of each attribute's negative word (T_n).
         roi_hidden, geometry_dim, alpha_hidden, classifier_hidden, dropout: layer sizes.
         similarity_norm, lambda_a, lambda_b: cross-attention settings.
+        classifier_input: ``pooled_features`` (the paper: classifier(sum_i alpha_i phi_i)) or the
+            extension ``per_roi_logits`` (sum_i alpha_i classifier(phi_i)).
+        score_prior: extension: add log s_i to alpha's logits, so alpha starts from the detector's
+            ranking and learns a correction to it (off = the paper).
     """
 
     def __init__(
@@ -99,6 +103,8 @@ class GroundingModel(nn.Module):
         lambda_a: float = 4.0,
         lambda_b: float = 9.0,
         dropout: float = 0.1,
+        classifier_input: ClassifierInput = ClassifierInput.POOLED_FEATURES,
+        score_prior: bool = False,
     ) -> None:
         super().__init__()
         wv = torch.as_tensor(np.asarray(word_vectors), dtype=torch.float32)
@@ -114,6 +120,8 @@ class GroundingModel(nn.Module):
         self.similarity_norm = SimilarityNorm(similarity_norm)
         self.lambda_a = float(lambda_a)
         self.lambda_b = float(lambda_b)
+        self.classifier_input = ClassifierInput(classifier_input)
+        self.score_prior = bool(score_prior)
         self.embed = RoiEmbedding(feature_dim, embed_dim, roi_hidden, geometry_dim)
         self.alpha_mlp = nn.Sequential(nn.Linear(embed_dim, alpha_hidden), nn.Tanh(), nn.Linear(alpha_hidden, 1))
         layers: list[nn.Module] = []
@@ -126,7 +134,10 @@ class GroundingModel(nn.Module):
 
     def _image(self, features, boxes, scores, mask):
         phi = self.embed(features, boxes, scores)  # (B, K, d)
-        alpha = masked_softmax(self.alpha_mlp(phi).squeeze(-1), mask, dim=1)  # (B, K)
+        logits = self.alpha_mlp(phi).squeeze(-1)
+        if self.score_prior:
+            logits = logits + scores.clamp_min(1e-6).log()
+        alpha = masked_softmax(logits, mask, dim=1)  # (B, K)
         return phi, alpha
 
     def forward(
@@ -156,8 +167,11 @@ class GroundingModel(nn.Module):
         """
         roi_mask = roi_mask.bool()
         phi, alpha = self._image(roi_features, roi_boxes, roi_scores, roi_mask)
-        v = (alpha.unsqueeze(-1) * phi).sum(1)  # (B, d)
-        out = GroundingOutput(phi=phi, alpha=alpha, logits=self.classifier(v))
+        if self.classifier_input is ClassifierInput.PER_ROI_LOGITS:
+            logits = (alpha.unsqueeze(-1) * self.classifier(phi)).sum(1)  # (B, 22)
+        else:
+            logits = self.classifier((alpha.unsqueeze(-1) * phi).sum(1))  # v = sum_i alpha_i phi_i
+        out = GroundingOutput(phi=phi, alpha=alpha, logits=logits)
         if attribute_ids is None:
             return out
         if attribute_mask is None:
@@ -180,6 +194,20 @@ class GroundingModel(nn.Module):
         return out
 
 
+@torch.no_grad()
+def roi_relevance(model: GroundingModel, output: GroundingOutput, roi_mask: torch.Tensor,
+                  attribute_ids: torch.Tensor, attribute_mask: torch.Tensor) -> torch.Tensor:
+    """R_roi_i = cos(B_i, phi_i) computed with the study's own report attributes: (B, K).
+
+    A diagnostic, not inference (which has no report): ranking ROIs by it tells whether the
+    cross-attention learned which regions the words describe at all. Studies without attributes get 0.
+    """
+    ids = attribute_ids.long().clamp(0, NUM_ATTRIBUTES - 1)
+    ca = cross_attention(output.phi, output.alpha, roi_mask.bool(), model.word_vectors[ids], attribute_mask.bool(),
+                         norm=model.similarity_norm, lambda_a=model.lambda_a, lambda_b=model.lambda_b)
+    return ca.r_roi
+
+
 def build_model(feature_dim: int, word_vectors, negative_vectors, model_cfg) -> GroundingModel:
     """Build from a ``ModelConfig`` (the one place the config bag is unpacked)."""
     return GroundingModel(
@@ -188,6 +216,7 @@ def build_model(feature_dim: int, word_vectors, negative_vectors, model_cfg) -> 
         alpha_hidden=model_cfg.alpha_hidden, classifier_hidden=tuple(model_cfg.classifier_hidden),
         similarity_norm=model_cfg.similarity_norm, lambda_a=model_cfg.lambda_a,
         lambda_b=model_cfg.lambda_b, dropout=model_cfg.dropout,
+        classifier_input=model_cfg.classifier_input, score_prior=model_cfg.score_prior,
     )
 
 
@@ -237,4 +266,5 @@ def localize(
     return Localization(boxes=out_boxes, scores=out_scores)
 
 
-__all__ = ["GroundingModel", "GroundingOutput", "Localization", "RoiEmbedding", "build_model", "localize"]
+__all__ = ["GroundingModel", "GroundingOutput", "Localization", "RoiEmbedding", "build_model", "localize",
+           "roi_relevance"]

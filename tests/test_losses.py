@@ -46,3 +46,17 @@ def test_without_classification_ablation_does_not_train_the_classifier():
     off.total.backward()
     assert logits.grad is not None and logits.grad.abs().sum() == 0
     assert off.bce.item() == pytest.approx(math.log(2), abs=1e-6)  # still reported
+
+
+def test_other_study_negatives_are_the_next_studys_positive_rois():
+    from grounding.bench_train import synthetic_roi_table
+    from grounding.batching import iter_table_batches
+
+    batch = next(iter_table_batches(synthetic_roi_table(4), 4))
+    rolled = batch.with_other_study_negatives()
+    for name in ("roi_features", "roi_boxes", "roi_scores", "roi_mask"):
+        neg = getattr(rolled, f"neg_{name}")
+        for b in range(4):
+            torch.testing.assert_close(neg[b], getattr(batch, name)[(b - 1) % 4])
+    torch.testing.assert_close(rolled.roi_features, batch.roi_features)  # positives untouched
+    assert not torch.equal(batch.neg_roi_features, rolled.neg_roi_features)

@@ -89,3 +89,42 @@ def test_localize_ranks_by_alpha_and_suppresses_duplicates():
     np.testing.assert_allclose(loc.scores[0], [0.5, 0.2])
     empty = localize(out, boxes, 0.5, 1, roi_mask=torch.zeros(1, 4, dtype=torch.bool))
     assert empty.boxes[0].shape == (0, 4)
+
+
+# -- localization extensions (named switches; off = the paper) ----------------------------------
+def test_score_prior_adds_log_score_to_alpha_logits():
+    from grounding.config import ClassifierInput  # noqa: F401 - the switch's type lives in the config
+
+    plain, prior = _model().eval(), _model(score_prior=True).eval()
+    prior.load_state_dict(plain.state_dict())
+    x = _inputs()
+    a0, a1 = plain(**x).alpha, prior(**x).alpha
+    expected = torch.softmax(plain.alpha_mlp(plain(**x).phi).squeeze(-1) + x["roi_scores"].log(), dim=1)
+    torch.testing.assert_close(a1, expected)
+    assert not torch.allclose(a0, a1)
+
+
+def test_per_roi_logits_pool_the_classifier_outputs_by_alpha():
+    model = _model(classifier_input="per_roi_logits").eval()
+    out = model(**_inputs())
+    with torch.no_grad():
+        expected = (out.alpha[..., None] * model.classifier(out.phi)).sum(1)
+    torch.testing.assert_close(out.logits, expected)
+    paper = _model().eval()
+    paper.load_state_dict(model.state_dict())
+    assert not torch.allclose(paper(**_inputs()).logits, out.logits)  # the switch changes the model
+
+
+def test_roi_relevance_is_r_roi_with_the_studys_own_words():
+    from grounding.model import roi_relevance
+
+    model = _model().eval()
+    x = _inputs()
+    ids = torch.tensor([[3, 5], [7, 0]])
+    amask = torch.tensor([[True, True], [False, False]])  # study 2 has no attributes
+    out = model(**x)
+    rel = roi_relevance(model, out, x["roi_mask"], ids, amask)
+    ref = cross_attention(out.phi, out.alpha, x["roi_mask"], model.word_vectors[ids], amask,
+                          SimilarityNorm.CLIPPED_L2NORM, model.lambda_a, model.lambda_b)
+    torch.testing.assert_close(rel, ref.r_roi)
+    assert rel[1].abs().sum() == 0 and rel[0].abs().sum() > 0
