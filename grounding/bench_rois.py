@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import torch
 
 from grounding.boxes import flatten, scale_boxes
-from grounding.config import Backbone
+from grounding.config import Backbone, RoiFeatures, RoiPool
 from grounding.detector import FrozenDetector, build_retinanet
 from grounding.prepared import pixels_to_bytes, prepared_table
 from grounding.rois import extract_rois, roi_columns
@@ -84,12 +84,16 @@ def bench_rois(
     num_threads: int | None = None,
     device: str = "cpu",
     seed: int = 0,
+    pool: RoiPool | str = RoiPool.TOP_ANCHORS,
+    features: RoiFeatures | str = RoiFeatures.TOWER,
 ) -> dict:
     """Time ROI extraction (frozen, random-init detector) and measure ROI cache bytes per image.
 
+    ``pool`` and ``features`` are ``detector.roi_pool`` and ``detector.roi_features``.
+
     Returns:
-        ``{"backbone", "fpn_channels", "image_size", "num_rois", "feature_dim", "batch_size",
-        "images", "device", "threads", "seconds_per_image", "images_per_second",
+        ``{"backbone", "fpn_channels", "image_size", "num_rois", "roi_pool", "roi_features",
+        "feature_dim", "batch_size", "images", "device", "threads", "seconds_per_image", "images_per_second",
         "roi_columns_bytes_per_image" (raw ROI_EXTRA payload), "roi_parquet_bytes_per_image"
         (compressed Parquet of ROI_EXTRA columns)}``.
     """
@@ -102,13 +106,14 @@ def bench_rois(
     # Warm up on every batch shape the timed loop will see: the first call of a shape selects
     # kernels (cuDNN autotuning on a GPU) and grows the allocator.
     for shape in {min(batch_size, n_images), n_images % batch_size or batch_size}:
-        extract_rois(det, images[:shape].to(device), num_rois)
+        extract_rois(det, images[:shape].to(device), num_rois, pool=pool, features=features)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     rows = []
     t0 = time.perf_counter()
     for i in range(0, n_images, batch_size):
-        rois = extract_rois(det, images[i : i + batch_size].to(device), num_rois)
+        rois = extract_rois(det, images[i : i + batch_size].to(device), num_rois,
+                            pool=pool, features=features)
         rows += roi_columns(rois)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -124,6 +129,8 @@ def bench_rois(
         "fpn_channels": fpn_channels,
         "image_size": image_size,
         "num_rois": num_rois,
+        "roi_pool": RoiPool(pool).value,
+        "roi_features": RoiFeatures(features).value,
         "feature_dim": int(rows[0]["feature_dim"]),
         "batch_size": batch_size,
         "images": n_images,
@@ -140,4 +147,5 @@ def bench_rois_for(cfg, n_images: int, device: str) -> dict:
     """:func:`bench_rois` with the detector and image size of a ``GroundingConfig``."""
     d = cfg.detector
     return bench_rois(backbone=d.backbone.value, fpn_channels=d.fpn_channels, image_size=cfg.data.image_size,
-                      num_rois=d.num_rois, batch_size=d.extract_batch_size, n_images=n_images, device=device, seed=0)
+                      num_rois=d.num_rois, batch_size=d.extract_batch_size, n_images=n_images, device=device,
+                      seed=0, pool=d.roi_pool, features=d.roi_features)

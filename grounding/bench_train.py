@@ -126,7 +126,8 @@ def bench_train(
     Args:
         cfg: base config (model, loss, optim.batch_size are used; max_epochs is set to ``epochs``).
         rois: ROI cache path; None = a synthetic cache of ``synthetic_rows`` rows (detector-shaped:
-            ``detector.num_rois`` ROIs of ``detector.fpn_channels`` features) in a temp folder.
+            ``detector.num_rois`` ROIs of ``roi_feature_dim`` features: ``detector.fpn_channels``, x4
+            for ``roi_align``) in a temp folder.
         vectors: AttributeVectors-like; None = random vectors.
         epochs: epochs per run (>= 2 so a steady state exists).
         num_workers: Ray Train workers (0 = local mode).
@@ -137,13 +138,15 @@ def bench_train(
     """
     from grounding.ray_runtime import init_ray
     from grounding.ray_train import run_training
+    from grounding.rois import roi_feature_dim
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     if rois is None:
         rois = str(tmp / "rois.parquet")
-        # detector-shaped ROIs: N = detector.num_rois, C = detector.fpn_channels
+        # detector-shaped ROIs: N = detector.num_rois, C = the width detector.roi_features gives
+        width = roi_feature_dim(cfg.detector.fpn_channels, cfg.detector.roi_features)
         write_table(synthetic_roi_table(synthetic_rows, num_rois=cfg.detector.num_rois,
-                                        feature_dim=cfg.detector.fpn_channels, splits=(0.9, 0.1)), rois)
+                                        feature_dim=width, splits=(0.9, 0.1)), rois)
     table = read_table(rois)
     if vectors is None:
         vectors = synthetic_vectors(cfg.word_vectors.vector_size)

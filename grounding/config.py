@@ -50,6 +50,20 @@ class NegativeRois(str, enum.Enum):
     OTHER_STUDY = "other_study"  # harder: the positive ROIs of another study in the same batch
 
 
+class RoiPool(str, enum.Enum):
+    """Which anchors of the frozen detector become the N positive ROIs (design.md 1.3)."""
+
+    TOP_ANCHORS = "top_anchors"  # the N top-scored anchors (several may share one location)
+    PER_LOCATION = "per_location"  # the best anchor of each (level, y, x), then the N top locations
+
+
+class RoiFeatures(str, enum.Enum):
+    """What r_i is: the paper leaves "the detector's last convolution maps" open (design.md 1.3)."""
+
+    TOWER = "tower"  # the classification tower vector at the anchor's location (C features)
+    ROI_ALIGN = "roi_align"  # MultiScaleRoIAlign 2x2 of FPN P3-P5 over the decoded box (C * 4 features)
+
+
 class PrepareEngine(str, enum.Enum):
     """How ``prepare`` spreads the decoding over the cluster."""
 
@@ -212,6 +226,13 @@ class DetectorConfig:
     weights_path: str = ""  # local state_dict file; never downloaded
     weights_sha256: str = ""  # required when weights_path is set
     num_rois: int = 32  # N positive (top-scored) and N negative (lowest-scored) anchors per image
+    # positive ROIs: top_anchors (the N top-scored anchors) | per_location (the best anchor of each
+    # (level, y, x), then the N top-scored locations: no two ROIs share a location); negatives are
+    # the N lowest-scored anchors either way
+    roi_pool: RoiPool = RoiPool.TOP_ANCHORS
+    # r_i: tower (the classification tower vector at the anchor's location, fpn_channels wide) |
+    # roi_align (FPN P3-P5 RoIAlign 2x2 over the decoded box, 4 * fpn_channels wide)
+    roi_features: RoiFeatures = RoiFeatures.TOWER
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 10
@@ -261,6 +282,11 @@ class DetectorConfig:
         _check(self.extract_batch_size >= 1, f"{prefix}.extract_batch_size", "must be >= 1")
         _check(self.extract_actors >= 0, f"{prefix}.extract_actors", "must be >= 0")
         _check(1 <= self.num_rois <= 5000, f"{prefix}.num_rois", "must be in [1, 5000]")
+        # enums are checked when read from YAML/--set; these catch a DetectorConfig built in code
+        _check(self.roi_pool in list(RoiPool), f"{prefix}.roi_pool",
+               f"must be one of {', '.join(m.value for m in RoiPool)}")
+        _check(self.roi_features in list(RoiFeatures), f"{prefix}.roi_features",
+               f"must be one of {', '.join(m.value for m in RoiFeatures)}")
         _check(0.0 <= self.score_thresh < 1.0, f"{prefix}.score_thresh", "must be in [0, 1)")
         _check(0.0 < self.nms_thresh <= 1.0, f"{prefix}.nms_thresh", "must be in (0, 1]")
         _check(self.detections_per_img >= 1, f"{prefix}.detections_per_img", "must be >= 1")

@@ -7,7 +7,8 @@ Pipeline per image, the same as training saw it:
    (reason code + our own PHI-free message), never an exception.
 2. ``resize_uint8`` to ``data.image_size`` of the checkpoint (the prepared-image size), then, as
    extract-rois does, bilinear resize to the detector's input if that differs.
-3. Frozen RetinaNet ``extract_rois`` (the checkpoint's ``detector.num_rois`` top anchors).
+3. Frozen RetinaNet ``extract_rois`` (the checkpoint's ``detector.num_rois``, ``roi_pool`` and
+   ``roi_features``: the ROIs the model was trained on).
 4. Grounding model -> alpha; :func:`grounding.model.localize` ranks ROIs by alpha, runs NMS and keeps
    ``top_k``; boxes go from normalised [0, 1] to ORIGINAL pixels (xyxy) with the image's own size.
 
@@ -32,10 +33,11 @@ import torch
 
 from grounding import storage
 from grounding.checkpoint import load_model
+from grounding.config import RoiFeatures
 from grounding.detector import load_frozen_detector
 from grounding.imaging import QuarantineError, decode_file, resize_uint8, to_uint8
 from grounding.model import localize
-from grounding.rois import extract_rois
+from grounding.rois import extract_rois, roi_feature_dim
 from grounding.vocabulary import ATTRIBUTES
 
 log = logging.getLogger(__name__)
@@ -108,11 +110,14 @@ class Predictor:
         self.model.to(self.device).eval()
         path, sha = detector_reference(self.cfg, payload, detector_path)
         self.detector = load_frozen_detector(path, sha).to(self.device)
-        if self.detector.feature_dim != _model_feature_dim(self.model):
-            raise PredictError(f"{path}: detector features are {self.detector.feature_dim}-d but the model "
-                               f"expects {_model_feature_dim(self.model)}-d: not the detector it trained on")
+        d = self.cfg.detector
+        self.num_rois, self.roi_pool, self.roi_features = int(d.num_rois), d.roi_pool, d.roi_features
+        width = roi_feature_dim(self.detector.feature_dim, self.roi_features)
+        if width != _model_feature_dim(self.model):
+            raise PredictError(f"{path}: detector ROI features ({RoiFeatures(self.roi_features).value}) are "
+                               f"{width}-d but the model expects {_model_feature_dim(self.model)}-d: not the "
+                               "detector it trained on")
         self.image_size = int(self.cfg.data.image_size)
-        self.num_rois = int(self.cfg.detector.num_rois)
         self.top_k, self.nms_iou, self.batch_size = int(top_k), float(nms_iou), max(1, int(batch_size))
 
     # -- preprocessing ------------------------------------------------------------------------
@@ -134,7 +139,8 @@ class Predictor:
     @torch.no_grad()
     def _predict_prepared(self, prepared: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[dict]:
         """Prepared (S, S) uint8 images + original (height, width) -> result dicts (no ``file``)."""
-        rois = extract_rois(self.detector, self._detector_input(prepared), self.num_rois, sizes)
+        rois = extract_rois(self.detector, self._detector_input(prepared), self.num_rois, sizes,
+                            pool=self.roi_pool, features=self.roi_features)
         mask = torch.ones(rois.scores.shape, dtype=torch.bool, device=rois.scores.device)
         out = self.model(rois.features, rois.boxes, rois.scores, mask)
         loc = localize(out, rois.boxes, iou_threshold=self.nms_iou, top_k=self.top_k, roi_mask=mask)

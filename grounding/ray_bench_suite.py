@@ -203,17 +203,18 @@ def _paper_shaped_training(opts: SuiteOptions, tmp: Path, device: str) -> Row:
     """The plain loop at the paper's shapes (300 ROIs x 256 features, paper model) on synthetic ROIs."""
     from grounding.batching import select_rows
     from grounding.bench_train import plain_train, synthetic_roi_table, synthetic_vectors
+    from grounding.rois import roi_feature_dim
 
     paper = load_config("paper")
     vectors = synthetic_vectors(paper.word_vectors.vector_size)
-    table = synthetic_roi_table(512, num_rois=paper.detector.num_rois, feature_dim=paper.detector.fpn_channels,
-                                splits=(0.9, 0.1))
+    width = roi_feature_dim(paper.detector.fpn_channels, paper.detector.roi_features)
+    table = synthetic_roi_table(512, num_rois=paper.detector.num_rois, feature_dim=width, splits=(0.9, 0.1))
     vals, peaks = {}, {}
     for k in opts.sizes:
         r, peaks[k] = _measure(lambda k=k: plain_train(paper, replicate_rows(table, k), vectors, opts.train_epochs,
                                                         device=device), include_ray=False)
         vals[k] = round(r["samples_per_s"])
-    return Row(f"training: plain loop, paper shapes (N={paper.detector.num_rois}, C={paper.detector.fpn_channels})",
+    return Row(f"training: plain loop, paper shapes (N={paper.detector.num_rois}, C={width})",
                "samples/s", vals, peaks,
                note=f"{paper.optim.batch_size} per batch, {device}, {select_rows(table, 'train').num_rows} train rows at 1x")
 

@@ -28,7 +28,7 @@ import torch
 from grounding import detector as det
 from grounding import detector_engine as eng
 from grounding import metrics, storage
-from grounding.config import GroundingConfig
+from grounding.config import GroundingConfig, RoiFeatures, RoiPool
 from grounding.prepared import PREPARED_SCHEMA, bytes_to_pixels, read_prepared
 from grounding.rois import extract_rois, read_roi_cache, roi_columns
 from grounding.schema import ROI_EXTRA
@@ -175,18 +175,25 @@ class RoiExtractor:
     A row whose pixels cannot be read is dropped with an error naming its image_id; the batch goes on.
     """
 
-    def __init__(self, weights_path: str, sha256: str, num_rois: int, use_gpu: bool = False) -> None:
+    def __init__(self, weights_path: str, sha256: str, num_rois: int, use_gpu: bool = False,
+                 pool: str = RoiPool.TOP_ANCHORS.value, features: str = RoiFeatures.TOWER.value) -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.detector = det.load_frozen_detector(weights_path, sha256).to(self.device)
         self.num_rois = num_rois
+        self.pool, self.features = RoiPool(pool), RoiFeatures(features)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return rois_for_rows(self.detector, batch.to_pylist(), self.num_rois, self.device)
+        return rois_for_rows(self.detector, batch.to_pylist(), self.num_rois, self.device,
+                             pool=self.pool, features=self.features)
 
 
 def rois_for_rows(detector: det.FrozenDetector, rows: list[dict], num_rois: int,
-                  device: torch.device | str = "cpu") -> pa.Table:
-    """Prepared row dicts -> a ``ROI_SCHEMA`` table (one detector pass for the whole batch)."""
+                  device: torch.device | str = "cpu", pool: RoiPool | str = RoiPool.TOP_ANCHORS,
+                  features: RoiFeatures | str = RoiFeatures.TOWER) -> pa.Table:
+    """Prepared row dicts -> a ``ROI_SCHEMA`` table (one detector pass for the whole batch).
+
+    ``pool`` and ``features`` are ``detector.roi_pool`` and ``detector.roi_features``.
+    """
     s = detector.image_size
     images, kept, sizes = [], [], []
     for row in rows:
@@ -204,7 +211,8 @@ def rois_for_rows(detector: det.FrozenDetector, rows: list[dict], num_rois: int,
         sizes.append((h, w) if h > 0 and w > 0 else (int(row["image_size"]),) * 2)
     if not kept:
         return ROI_SCHEMA.empty_table()
-    rois = extract_rois(detector, torch.stack(images).to(device), num_rois, sizes)
+    rois = extract_rois(detector, torch.stack(images).to(device), num_rois, sizes,
+                        pool=pool, features=features)
     out = [{**{c: row.get(c) for c in ROI_PASS_COLUMNS}, **extra} for row, extra in zip(kept, roi_columns(rois))]
     return pa.Table.from_pylist(out, schema=ROI_SCHEMA)
 
@@ -241,7 +249,8 @@ def run_extract_rois(
             RoiExtractor, batch_size=d.extract_batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={"weights_path": weights_path, "sha256": sha, "num_rois": d.num_rois,
-                                   "use_gpu": use_gpu},
+                                   "use_gpu": use_gpu, "pool": RoiPool(d.roi_pool).value,
+                                   "features": RoiFeatures(d.roi_features).value},
             num_gpus=1 if use_gpu else 0, num_cpus=None if use_gpu else 1,
         )
         written = _write_shards(ds.iter_batches(batch_size=None, batch_format="pyarrow"), out, done,

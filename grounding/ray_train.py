@@ -36,7 +36,7 @@ from grounding.batching import GROUNDING_PURPOSE, TRAIN_COLUMNS, InMemoryShard, 
 from grounding.checkpoint import (
     CheckpointError, capture_rng, export_model, load_checkpoint, restore_rng, save_checkpoint,
 )
-from grounding.config import GroundingConfig, TrainMode
+from grounding.config import GroundingConfig, RoiFeatures, RoiPool, TrainMode
 from grounding.model import build_model
 from grounding.storage import atomic_write_text, read_table
 from grounding.vocabulary import ATTRIBUTES, NUM_ATTRIBUTES, VOCABULARY_VERSION
@@ -249,9 +249,11 @@ def _streaming_rois(config: dict, device: torch.device):
 
     detector = load_frozen_detector(config["detector_weights"], config.get("detector_sha256", "")).to(device)
     num_rois = int(config["num_rois"])
+    pool, features = config["roi_pool"], config["roi_features"]  # detector.roi_pool / roi_features
 
     def to_columns(table) -> dict:
-        return rois_for_rows(detector, table.to_pylist(), num_rois, device).to_pydict()
+        rois = rois_for_rows(detector, table.to_pylist(), num_rois, device, pool=pool, features=features)
+        return rois.to_pydict()
 
     return to_columns
 
@@ -419,12 +421,16 @@ def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = ""
         if not prepared or not weights:
             raise ValueError("train.mode=streaming needs the prepared images and the detector weights")
         from grounding.detector import load_frozen_detector
+        from grounding.rois import roi_feature_dim
 
         # Load once here: a wrong path or checksum fails before any worker starts.
-        feature_dim = load_frozen_detector(_abs(weights), cfg.detector.weights_sha256).feature_dim
+        channels = load_frozen_detector(_abs(weights), cfg.detector.weights_sha256).feature_dim
+        feature_dim = roi_feature_dim(channels, cfg.detector.roi_features)
         datasets, counts = prepared_datasets(_abs(prepared))
         streaming = {"mode": TrainMode.STREAMING.value, "detector_weights": _abs(weights),
-                     "detector_sha256": cfg.detector.weights_sha256, "num_rois": cfg.detector.num_rois}
+                     "detector_sha256": cfg.detector.weights_sha256, "num_rois": cfg.detector.num_rois,
+                     "roi_pool": RoiPool(cfg.detector.roi_pool).value,
+                     "roi_features": RoiFeatures(cfg.detector.roi_features).value}
     else:
         datasets, feature_dim, counts = roi_datasets(_abs(rois), cfg.train.materialize)
     log.info("run %s (%s): %d train / %d val rows, feature_dim %d, storage %s", run_id, cfg.train.mode.value,

@@ -1,47 +1,95 @@
 """ROIs of the frozen detector (design.md 1.3) and the ROI cache format.
 
-For each image: the N top-scored anchors after box decoding and **before** NMS (positive ROIs)
-and the N lowest-scored anchors (negative ROIs I_n), each with
+For each image, from one detector pass (:func:`detector_forward`): N positive ROIs, chosen by
+``detector.roi_pool`` among the anchors after box decoding and **before** NMS, and the N
+lowest-scored anchors (negative ROIs I_n, whatever the pool), each with
 
-* ``r_i`` feature: the classification subnet's last tower conv map (``head.classification_head.conv``,
-  captured by a forward hook) at the anchor's (level, y, x). This is literally "the detector's last
-  convolution map at that anchor": the map ``cls_logits`` reads, so the feature is what decided the
-  score, costs nothing extra, and needs no RoIAlign. The A=9 anchors of one location share it; their
-  geometry g_i tells them apart.
+* ``r_i`` feature, by ``detector.roi_features``:
+
+  - ``tower`` (default): the classification subnet's last tower conv map
+    (``head.classification_head.conv``, captured by a forward hook) at the anchor's (level, y, x).
+    This is literally "the detector's last convolution map at that anchor": the map ``cls_logits``
+    reads, so the feature is what decided the score and costs nothing extra. The A=9 anchors of one
+    location share it; their geometry g_i tells them apart.
+  - ``roi_align``: the box's content, ``MultiScaleRoIAlign`` of FPN P3-P5 over the decoded box
+    (2x2 bins, sampling ratio 2; the level by box size, FPN paper eq. 1), flattened to 4 C.
+
 * ``s_i`` score: sigmoid of the pneumonia logit.
 * ``g_i`` geometry: the decoded box xyxy, clipped to the image, normalised to [0, 1].
+
+Pools (``detector.roi_pool``): ``top_anchors`` (default) takes the N top-scored anchors;
+``per_location`` keeps the best anchor of each (level, y, x) and takes the N top-scored of those
+locations, so no two ROIs share a location.
 
 Plus the detector's own post-NMS boxes (the supervised baseline), in original pixels when the
 original sizes are given; at least the top one per image even below ``score_thresh``, so the
 baseline's top-1 box is always defined. Anchor index -> (level, location): anchors are concatenated level by
-level (P3..P7); inside a level index j = (y * W + x) * A + a (torchvision's head reshape).
+level (P3..P7); inside a level index j = (y * W + x) * A + a (torchvision's head reshape), so the
+global anchor j sits at global location j // A.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
+from torchvision.ops import MultiScaleRoIAlign
 
 from grounding import storage
 from grounding.boxes import flatten, scale_boxes
+from grounding.config import RoiFeatures, RoiPool
 from grounding.detector import FrozenDetector, keep_top, to_three_channels
+
+ROI_ALIGN_LEVELS = 3  # P3-P5, the first three FPN outputs (P6/P7 are coarser than any lesion box)
+ROI_ALIGN_OUTPUT = 2  # 2x2 bins per ROI: 4 C features
+ROI_ALIGN_SAMPLING = 2  # bilinear samples per bin and axis
+
+
+@dataclass
+class DetectorForward:
+    """One frozen-detector pass over B images; T anchors = L locations x A anchors per location.
+
+    Attributes:
+        fpn: FPN maps by name in level order (P3..P7), each (B, C, H_l, W_l).
+        towers: the classification tower's last conv map per level, each (B, C, H_l, W_l).
+        head: raw head outputs, ``cls_logits`` (B, T, 1) and ``bbox_regression`` (B, T, 4).
+        anchors: per image (T, 4) xyxy in transformed-image pixels.
+        scores: (B, T) sigmoid of the pneumonia logit.
+        boxes_px: (B, T, 4) decoded xyxy clipped to the transformed image, in its pixels.
+        boxes: (B, T, 4) ``boxes_px`` normalised to [0, 1] (g_i).
+        image_sizes: (height, width) per transformed image: the frame of ``boxes_px``.
+        input_size: S, the side of the (B, 1, S, S) input.
+        num_anchors: A.
+    """
+
+    fpn: OrderedDict[str, torch.Tensor]
+    towers: list[torch.Tensor]
+    head: dict[str, torch.Tensor]
+    anchors: list[torch.Tensor]
+    scores: torch.Tensor
+    boxes_px: torch.Tensor
+    boxes: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    input_size: int
+    num_anchors: int
 
 
 @dataclass
 class RoiBatch:
-    """ROIs for a batch of B images; N ROIs each, C = feature_dim.
+    """ROIs for a batch of B images; N ROIs each, C = feature_dim (:func:`roi_feature_dim`).
 
     Attributes:
-        features: (B, N, C) float32, top-N anchors, descending score.
+        features: (B, N, C) float32, the positive ROIs (``roi_pool``), descending score.
         scores: (B, N) float32 in [0, 1].
         boxes: (B, N, 4) float32 xyxy normalised to [0, 1].
         neg_features, neg_scores, neg_boxes: the N lowest-scored anchors, ascending score.
         anchor_index: (B, N) int64 index of each positive ROI in the concatenated anchors.
         detections: per image dict ``boxes`` (K, 4) xyxy (original px if sizes were given, else
-            prepared px) and ``scores`` (K,), descending.
+            prepared px) and ``scores`` (K,), descending; empty from :func:`select_rois` alone.
     """
 
     features: torch.Tensor
@@ -51,7 +99,7 @@ class RoiBatch:
     neg_scores: torch.Tensor
     neg_boxes: torch.Tensor
     anchor_index: torch.Tensor
-    detections: list[dict[str, torch.Tensor]]
+    detections: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
 def anchor_locations(level_shapes: list[tuple[int, int]], num_anchors: int) -> tuple[torch.Tensor, ...]:
@@ -77,22 +125,19 @@ def anchor_locations(level_shapes: list[tuple[int, int]], num_anchors: int) -> t
     return torch.cat(levels), torch.cat(ys), torch.cat(xs), torch.cat(locs)
 
 
-def extract_rois(
-    detector: FrozenDetector,
-    images: torch.Tensor,
-    num_rois: int,
-    original_sizes: list[tuple[int, int]] | None = None,
-) -> RoiBatch:
-    """Run the frozen detector once on a batch and return its ROIs and detections.
+def roi_feature_dim(fpn_channels: int, features: RoiFeatures | str = RoiFeatures.TOWER) -> int:
+    """Width C of r_i for a detector with ``fpn_channels`` FPN/head channels."""
+    bins = ROI_ALIGN_OUTPUT ** 2 if RoiFeatures(features) is RoiFeatures.ROI_ALIGN else 1
+    return int(fpn_channels) * bins
+
+
+# -- one detector pass ------------------------------------------------------------------------
+def detector_forward(detector: FrozenDetector, images: torch.Tensor) -> DetectorForward:
+    """Run the frozen detector once: FPN maps, tower maps, head outputs, anchors, decoded boxes.
 
     Args:
         detector: the frozen RetinaNet.
         images: (B, 1, S, S) float in [0, 1] (S = the detector's image size).
-        num_rois: N; must not exceed the number of anchors.
-        original_sizes: optional (height, width) per image; detections are then in original pixels.
-
-    Returns:
-        A ``RoiBatch`` (tensors on the images' device).
     """
     model = detector.model
     if images.dim() != 4 or images.shape[1] != 1:
@@ -102,62 +147,196 @@ def extract_rois(
     try:
         with torch.no_grad():
             il, _ = model.transform(to_three_channels(images))
-            feats = list(model.backbone(il.tensors).values())
+            fpn = model.backbone(il.tensors)
+            feats = list(fpn.values())
             head = model.head(feats)
             anchors = model.anchor_generator(il, feats)
+            boxes_px, boxes = _decode(model, head, anchors, il.image_sizes)
     finally:
         hook.remove()
-    b = images.shape[0]
-    shapes = [(f.shape[2], f.shape[3]) for f in feats]
     total = head["cls_logits"].shape[1]
-    a = total // sum(h * w for h, w in shapes)
+    a = total // sum(f.shape[2] * f.shape[3] for f in feats)
+    return DetectorForward(OrderedDict(fpn), towers, head, anchors, head["cls_logits"][..., 0].sigmoid(),
+                           boxes_px, boxes, [tuple(s) for s in il.image_sizes], images.shape[-1], a)
+
+
+def _decode(model, head: dict, anchors: list[torch.Tensor], image_sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every anchor's decoded box: (B, T, 4) clipped px of the transformed image, and normalised."""
+    b, total = head["cls_logits"].shape[:2]
+    decoded = model.box_coder.decode_single(
+        head["bbox_regression"].reshape(-1, 4), torch.stack(anchors).reshape(-1, 4)
+    ).reshape(b, total, 4)
+    hw = torch.tensor([[s[1], s[0], s[1], s[0]] for s in image_sizes], dtype=decoded.dtype,
+                      device=decoded.device)[:, None, :]  # (B, 1, 4) w, h, w, h of the transformed image
+    px = torch.minimum(decoded.clamp(min=0), hw)
+    return px, px / hw
+
+
+# -- which anchors ----------------------------------------------------------------------------
+def top_anchor_indices(scores: torch.Tensor, num_rois: int) -> torch.Tensor:
+    """(B, T) scores -> (B, N) indices of the N top-scored anchors, descending."""
+    return scores.topk(num_rois, dim=1, largest=True, sorted=True).indices
+
+
+def per_location_indices(scores: torch.Tensor, num_anchors: int, num_rois: int) -> torch.Tensor:
+    """The best anchor of each location, then the N top-scored locations.
+
+    Args:
+        scores: (B, T) in anchor order, T = L * A (anchor j sits at location j // A).
+        num_anchors: A.
+        num_rois: N <= L.
+
+    Returns:
+        (B, N) anchor indices at N distinct locations, descending score.
+    """
+    b, total = scores.shape
+    locations = total // num_anchors
+    if num_rois > locations:
+        raise ValueError(f"num_rois={num_rois} exceeds the {locations} anchor locations "
+                         "(roi_pool=per_location)")
+    best, which = scores.reshape(b, locations, num_anchors).max(dim=2)  # (B, L)
+    loc = best.topk(num_rois, dim=1, largest=True, sorted=True).indices
+    return loc * num_anchors + torch.gather(which, 1, loc)
+
+
+# -- what r_i is ------------------------------------------------------------------------------
+def tower_features(forward: DetectorForward, index: torch.Tensor) -> torch.Tensor:
+    """(B, N) anchor indices -> (B, N, C) tower vectors at the anchors' locations."""
+    loc_feats = torch.cat([t.flatten(2).transpose(1, 2) for t in forward.towers], dim=1)  # (B, L, C)
+    loc = index // forward.num_anchors
+    return torch.gather(loc_feats, 1, loc[..., None].expand(-1, -1, loc_feats.shape[2]))
+
+
+def pool_box_features(
+    maps: Mapping[str, torch.Tensor],
+    boxes: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    output_size: int = ROI_ALIGN_OUTPUT,
+    sampling_ratio: int = ROI_ALIGN_SAMPLING,
+) -> torch.Tensor:
+    """RoIAlign of each box on the FPN level its size selects (MultiScaleRoIAlign), flattened.
+
+    Args:
+        maps: the levels to pool from, name -> (B, C, H_l, W_l), finest first; each level's scale
+            is inferred from its size against ``image_sizes``.
+        boxes: (B, N, 4) xyxy in pixels of the image frame of ``image_sizes``.
+        image_sizes: (height, width) per image.
+
+    Returns:
+        (B, N, C * output_size**2), each ROI's (C, s, s) bins flattened channel-major.
+    """
+    # a fresh pooler per call: MultiScaleRoIAlign caches the scales of the first image size it sees
+    pooler = MultiScaleRoIAlign(list(maps), output_size, sampling_ratio)
+    b, n = boxes.shape[:2]
+    first = next(iter(maps.values()))
+    pooled = pooler(dict(maps), list(boxes.to(first.dtype).unbind(0)), [tuple(s) for s in image_sizes])
+    return pooled.reshape(b, n, -1)
+
+
+def _features(forward: DetectorForward, index: torch.Tensor, kind: RoiFeatures) -> torch.Tensor:
+    """(B, N) anchor indices -> (B, N, C') r_i of the given kind."""
+    if kind is RoiFeatures.TOWER:
+        return tower_features(forward, index)
+    maps = OrderedDict(list(forward.fpn.items())[:ROI_ALIGN_LEVELS])
+    boxes = torch.gather(forward.boxes_px, 1, index[..., None].expand(-1, -1, 4))
+    return pool_box_features(maps, boxes, forward.image_sizes)
+
+
+# -- ROIs and detections ----------------------------------------------------------------------
+@torch.no_grad()
+def select_rois(
+    forward: DetectorForward,
+    num_rois: int,
+    pool: RoiPool | str = RoiPool.TOP_ANCHORS,
+    features: RoiFeatures | str = RoiFeatures.TOWER,
+) -> RoiBatch:
+    """Positive ROIs by ``pool`` and the N lowest-scored anchors, with ``features`` as r_i.
+
+    Returns:
+        A ``RoiBatch`` without detections (see :func:`forward_detections`).
+    """
+    pool, kind = RoiPool(pool), RoiFeatures(features)
+    scores = forward.scores
+    total = scores.shape[1]
     if num_rois > total:
-        raise ValueError(f"num_rois={num_rois} exceeds the {total} anchors of a {images.shape[-1]} px image")
-    with torch.no_grad():
-        scores = head["cls_logits"][..., 0].sigmoid()  # (B, total)
-        anchors_t = torch.stack(anchors)  # (B, total, 4)
-        decoded = model.box_coder.decode_single(
-            head["bbox_regression"].reshape(-1, 4), anchors_t.reshape(-1, 4)
-        ).reshape(b, total, 4)
-        hw = torch.tensor([[s[1], s[0], s[1], s[0]] for s in il.image_sizes], dtype=decoded.dtype,
-                          device=decoded.device)  # (B, 4) w, h, w, h of the transformed image
-        norm = torch.minimum(decoded.clamp(min=0), hw[:, None, :]) / hw[:, None, :]
-        # (B, L, C): every location of every level, in anchor order, for one gather per ROI
-        loc_feats = torch.cat([t.flatten(2).transpose(1, 2) for t in towers], dim=1)
-        _, _, _, loc_of = anchor_locations(shapes, a)
-        loc_of = loc_of.to(scores.device)
+        raise ValueError(f"num_rois={num_rois} exceeds the {total} anchors of a "
+                         f"{forward.input_size} px image")
+    if pool is RoiPool.TOP_ANCHORS:
+        top = top_anchor_indices(scores, num_rois)
+    else:
+        top = per_location_indices(scores, forward.num_anchors, num_rois)
+    low = scores.topk(num_rois, dim=1, largest=False, sorted=True).indices
 
-        def gather(idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            loc = loc_of[idx]  # (B, N)
-            f = torch.gather(loc_feats, 1, loc[..., None].expand(-1, -1, loc_feats.shape[2]))
-            return f, torch.gather(scores, 1, idx), torch.gather(norm, 1, idx[..., None].expand(-1, -1, 4))
+    def gather(idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        boxes = torch.gather(forward.boxes, 1, idx[..., None].expand(-1, -1, 4))
+        return _features(forward, idx, kind).float(), torch.gather(scores, 1, idx).float(), boxes.float()
 
-        top = scores.topk(num_rois, dim=1, largest=True, sorted=True).indices
-        low = scores.topk(num_rois, dim=1, largest=False, sorted=True).indices
-        pf, ps, pb = gather(top)
-        nf, ns, nb = gather(low)
-        per_level = [h * w * a for h, w in shapes]
-        split_head = {k: list(v.split(per_level, dim=1)) for k, v in head.items()}
-        split_anchors = [list(x.split(per_level)) for x in anchors]
-        # threshold 0 then keep_top: the baseline always has a top-1 box (see detect_keep_top)
-        thresh = model.score_thresh
-        model.score_thresh = 0.0
-        try:
-            dets = model.postprocess_detections(split_head, split_anchors, il.image_sizes)
-        finally:
-            model.score_thresh = thresh
-        dets = [keep_top(d, thresh) for d in dets]
-        s = images.shape[-1]
-        dets = model.transform.postprocess(dets, il.image_sizes, [(s, s)] * b)
-    detections = []
+    pf, ps, pb = gather(top)
+    nf, ns, nb = gather(low)
+    return RoiBatch(pf, ps, pb, nf, ns, nb, top)
+
+
+@torch.no_grad()
+def forward_detections(
+    detector: FrozenDetector, forward: DetectorForward, original_sizes: list[tuple[int, int]] | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """The detector's post-NMS boxes (the supervised baseline), at least the top one per image.
+
+    Returns:
+        Per image ``boxes`` (K, 4) xyxy float32 (original px if ``original_sizes``, else input px)
+        and ``scores`` (K,), descending.
+    """
+    model = detector.model
+    shapes = [(t.shape[2], t.shape[3]) for t in forward.towers]
+    per_level = [h * w * forward.num_anchors for h, w in shapes]
+    split_head = {k: list(v.split(per_level, dim=1)) for k, v in forward.head.items()}
+    split_anchors = [list(x.split(per_level)) for x in forward.anchors]
+    # threshold 0 then keep_top: the baseline always has a top-1 box (see detect_keep_top)
+    thresh = model.score_thresh
+    model.score_thresh = 0.0
+    try:
+        dets = model.postprocess_detections(split_head, split_anchors, forward.image_sizes)
+    finally:
+        model.score_thresh = thresh
+    dets = [keep_top(d, thresh) for d in dets]
+    s = forward.input_size
+    dets = model.transform.postprocess(dets, forward.image_sizes, [(s, s)] * len(dets))
+    out = []
     for i, d in enumerate(dets):
         boxes = d["boxes"].float()
         if original_sizes is not None:
             boxes = torch.as_tensor(
                 scale_boxes(boxes.cpu().numpy(), (s, s), tuple(original_sizes[i])), dtype=torch.float32
             )
-        detections.append({"boxes": boxes, "scores": d["scores"].float()})
-    return RoiBatch(pf.float(), ps.float(), pb.float(), nf.float(), ns.float(), nb.float(), top, detections)
+        out.append({"boxes": boxes, "scores": d["scores"].float()})
+    return out
+
+
+def extract_rois(
+    detector: FrozenDetector,
+    images: torch.Tensor,
+    num_rois: int,
+    original_sizes: list[tuple[int, int]] | None = None,
+    pool: RoiPool | str = RoiPool.TOP_ANCHORS,
+    features: RoiFeatures | str = RoiFeatures.TOWER,
+) -> RoiBatch:
+    """Run the frozen detector once on a batch and return its ROIs and detections.
+
+    Args:
+        detector: the frozen RetinaNet.
+        images: (B, 1, S, S) float in [0, 1] (S = the detector's image size).
+        num_rois: N; must not exceed the number of anchors (of locations for ``per_location``).
+        original_sizes: optional (height, width) per image; detections are then in original pixels.
+        pool: ``detector.roi_pool``, which anchors are the positive ROIs.
+        features: ``detector.roi_features``, what r_i is.
+
+    Returns:
+        A ``RoiBatch`` (tensors on the images' device).
+    """
+    forward = detector_forward(detector, images)
+    rois = select_rois(forward, num_rois, pool, features)
+    rois.detections = forward_detections(detector, forward, original_sizes)
+    return rois
 
 
 # -- ROI cache rows ---------------------------------------------------------------------------

@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "rois":
         result = bench_rois(cfg, args)
         print(f"ROI extraction ({result['backbone']}, FPN {result['fpn_channels']}, {result['image_size']} px, "
-              f"N={result['num_rois']}, {result['device']}): {result['images_per_second']:.2f} images/s, "
+              f"N={result['num_rois']} {result['roi_pool']}, "
+              f"{result['roi_features']} {result['feature_dim']}-d, "
+              f"{result['device']}): {result['images_per_second']:.2f} images/s, "
               f"{result['roi_parquet_bytes_per_image'] / 1024:.1f} KiB of ROI cache per image")
     else:
         result = bench_train(cfg, args)
