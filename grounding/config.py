@@ -598,6 +598,19 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value  # pragma: no cover
 
 
+def paper_extensions(cfg: GroundingConfig) -> list[str]:
+    """The switches that are on and are not the paper's method (README "Localization"), as ``key=value``.
+
+    Choices the paper leaves open (ROI pool, ROI features, negative ROIs, sizes) are not extensions.
+    """
+    out = []
+    if ClassifierInput(cfg.model.classifier_input) is not ClassifierInput.POOLED_FEATURES:
+        out.append(f"model.classifier_input={ClassifierInput(cfg.model.classifier_input).value}")
+    if cfg.model.score_prior:
+        out.append("model.score_prior=true")
+    return out
+
+
 def write_resolved(config: GroundingConfig, out_dir: str | Path) -> Path:
     """Write ``config.yaml`` next to a job's outputs (atomically)."""
     from grounding.storage import atomic_write_text

@@ -114,6 +114,19 @@ def _cam_methods(prepared: str, loc: pa.Table, s: EvalSettings) -> tuple[dict, d
     return methods, info
 
 
+def _extensions(model_path: str) -> list[str]:
+    """Non-paper switches recorded in an exported model's config ([] without a readable config)."""
+    from grounding.checkpoint import CheckpointError, load_model
+    from grounding.config import paper_extensions
+
+    if not model_path:
+        return []
+    try:
+        return paper_extensions(load_model(model_path)[1])
+    except (OSError, ValueError, CheckpointError):
+        return []
+
+
 def _pool_diagnostics(loc: pa.Table, gt: list, methods: dict, checkpoints: dict[str, str], prepared: str,
                       out: str, s: EvalSettings) -> tuple[dict, dict[str, str]]:
     """``pool_eval.diagnose`` for every model that picks from the pool, and the alpha figure."""
@@ -283,6 +296,11 @@ def run_evaluation(rois: str, checkpoint: str, out: str, settings: EvalSettings,
                                       s.confidence, s.seed),
         "counts": counts,
     }
+    for name, path in (("proposed", checkpoint), ("proposed_no_cls", checkpoint_no_cls)):
+        ext = _extensions(path)
+        if ext:
+            s.notes.append(f"{name} uses extensions beyond the paper's model: {', '.join(ext)} (README "
+                           "\"Localization\").")
     attr_metrics = ev.attribute_evaluation(attr, scored)
     if attr_metrics is not None:
         metrics["attributes"] = attr_metrics

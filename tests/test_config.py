@@ -39,3 +39,24 @@ def test_dotted_keys_cover_every_leaf():
     keys = dotted_keys()
     assert "loss.beta" in keys and "model.lambda_a" in keys
     assert not any(k.endswith(".") for k in keys)
+
+
+def test_claim_profile_is_sized_to_decide_the_papers_claim():
+    """>= 3,000 report-only site-B images, >= 400 held-out boxed images with boxes (positives get boxes;
+    measured 0.535 of the boxed images have one at site_b_positive_fraction 0.6), site A above the default."""
+    from grounding.config import GroundingConfig, load_config
+
+    claim, default = load_config("claim").synth, GroundingConfig().synth
+    assert claim.n_site_b - claim.n_site_b_boxed >= 3000
+    assert claim.n_site_b_boxed * claim.site_b_positive_fraction * (0.535 / 0.6) >= 400
+    assert claim.n_site_a > default.n_site_a
+
+
+def test_paper_extensions_name_only_the_non_paper_switches():
+    from grounding.config import GroundingConfig, paper_extensions
+
+    assert paper_extensions(GroundingConfig()) == []
+    open_choices = GroundingConfig().with_overrides({"loss.negative_rois": "other_study", "detector.num_rois": 100})
+    assert paper_extensions(open_choices) == []  # choices the paper leaves open are not extensions
+    ext = GroundingConfig().with_overrides({"model.classifier_input": "per_roi_logits", "model.score_prior": True})
+    assert paper_extensions(ext) == ["model.classifier_input=per_roi_logits", "model.score_prior=true"]
