@@ -140,8 +140,14 @@ def run_ablation(work_dir: str, variants: Sequence[Variant], out: str, base_over
     base = load_config(str(work / "config.yaml"), list(base_overrides))
     vectors = load_attribute_vectors(str(work / "word_vectors"))
     Path(out).mkdir(parents=True, exist_ok=True)
+    saved = Path(out) / "ablation.json"
+    done = {r["variant"]: r for r in json.loads(saved.read_text())} if saved.exists() else {}
     results = []
     for v in variants:
+        if v.name in done and done[v.name]["overrides"] == {k: str(x) for k, x in v.overrides.items()}:
+            results.append(done.pop(v.name))  # a rerun resumes: finished variants are kept, not redone
+            log(f"[ablation] {v.name}: done already")
+            continue
         cfg = base.with_overrides(dict(v.overrides))
         key = pool_key(cfg)
         log(f"[ablation] {v.name}: pool {key}")
@@ -158,7 +164,7 @@ def run_ablation(work_dir: str, variants: Sequence[Variant], out: str, base_over
                **evaluate_variant(model, table, n_resamples), "seconds": round(time.perf_counter() - t0, 1)}
         results.append(row)
         log("  " + summary_line(row))
-        storage.atomic_write_text(str(Path(out) / "ablation.json"), json.dumps(results, indent=1, default=str))
+        storage.atomic_write_text(str(saved), json.dumps(results + list(done.values()), indent=1, default=str))
     storage.atomic_write_text(str(Path(out) / "ablation.md"), markdown_table(results))
     return results
 

@@ -315,6 +315,9 @@ class ModelConfig:
     dropout: float = 0.1
     classifier_input: ClassifierInput = ClassifierInput.POOLED_FEATURES  # per_roi_logits: an extension
     score_prior: bool = False  # extension: alpha's logits + log s_i (the detector score as a prior)
+    # Alpha's candidates: ROIs whose box covers at most this fraction of the image (1.0 = every ROI, the
+    # paper). An image without such a ROI keeps them all. A pool choice: README "Localization".
+    max_roi_area: float = 1.0
 
     def validate(self, prefix: str) -> None:
         _check(self.roi_hidden >= 0, f"{prefix}.roi_hidden", "must be >= 0")
@@ -324,6 +327,7 @@ class ModelConfig:
         _check(0.0 < self.lambda_a <= 100.0, f"{prefix}.lambda_a", "must be in (0, 100]")
         _check(0.0 < self.lambda_b <= 100.0, f"{prefix}.lambda_b", "must be in (0, 100]")
         _check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "must be in [0, 1)")
+        _check(0.0 < self.max_roi_area <= 1.0, f"{prefix}.max_roi_area", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,8 @@ class GroundingModel(nn.Module):
             extension ``per_roi_logits`` (sum_i alpha_i classifier(phi_i)).
         score_prior: extension: add log s_i to alpha's logits, so alpha starts from the detector's
             ranking and learns a correction to it (off = the paper).
+        max_roi_area: alpha attends only to ROIs whose normalised box area is at most this (an image
+            without one keeps all); 1.0 = every ROI (the paper).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class GroundingModel(nn.Module):
         dropout: float = 0.1,
         classifier_input: ClassifierInput = ClassifierInput.POOLED_FEATURES,
         score_prior: bool = False,
+        max_roi_area: float = 1.0,
     ) -> None:
         super().__init__()
         wv = torch.as_tensor(np.asarray(word_vectors), dtype=torch.float32)
@@ -122,6 +125,7 @@ class GroundingModel(nn.Module):
         self.lambda_b = float(lambda_b)
         self.classifier_input = ClassifierInput(classifier_input)
         self.score_prior = bool(score_prior)
+        self.max_roi_area = float(max_roi_area)
         self.embed = RoiEmbedding(feature_dim, embed_dim, roi_hidden, geometry_dim)
         self.alpha_mlp = nn.Sequential(nn.Linear(embed_dim, alpha_hidden), nn.Tanh(), nn.Linear(alpha_hidden, 1))
         layers: list[nn.Module] = []
@@ -137,6 +141,10 @@ class GroundingModel(nn.Module):
         logits = self.alpha_mlp(phi).squeeze(-1)
         if self.score_prior:
             logits = logits + scores.clamp_min(1e-6).log()
+        if self.max_roi_area < 1.0:
+            area = (boxes[..., 2] - boxes[..., 0]).clamp_min(0) * (boxes[..., 3] - boxes[..., 1]).clamp_min(0)
+            small = mask & (area <= self.max_roi_area)
+            mask = torch.where(small.any(1, keepdim=True), small, mask)
         alpha = masked_softmax(logits, mask, dim=1)  # (B, K)
         return phi, alpha
 
@@ -217,6 +225,7 @@ def build_model(feature_dim: int, word_vectors, negative_vectors, model_cfg) -> 
         similarity_norm=model_cfg.similarity_norm, lambda_a=model_cfg.lambda_a,
         lambda_b=model_cfg.lambda_b, dropout=model_cfg.dropout,
         classifier_input=model_cfg.classifier_input, score_prior=model_cfg.score_prior,
+        max_roi_area=model_cfg.max_roi_area,
     )
 
 

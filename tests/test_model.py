@@ -128,3 +128,14 @@ def test_roi_relevance_is_r_roi_with_the_studys_own_words():
                           SimilarityNorm.CLIPPED_L2NORM, model.lambda_a, model.lambda_b)
     torch.testing.assert_close(rel, ref.r_roi)
     assert rel[1].abs().sum() == 0 and rel[0].abs().sum() > 0
+
+
+def test_max_roi_area_keeps_alpha_off_large_boxes():
+    model = _model(max_roi_area=0.1).eval()
+    x = _inputs(b=2, k=3)
+    x["roi_boxes"] = torch.tensor([[[0, 0, 0.2, 0.2], [0, 0, 0.9, 0.9], [0.5, 0.5, 0.7, 0.8]],
+                                   [[0, 0, 0.5, 0.5], [0, 0, 0.9, 0.9], [0, 0, 1.0, 1.0]]])
+    alpha = model(**x).alpha.detach()
+    assert alpha[0, 1] == 0 and float(alpha[0, [0, 2]].sum()) == pytest.approx(1.0)  # area 0.81 > 0.1
+    assert (alpha[1] > 0).all()  # no ROI small enough: every ROI stays a candidate
+    torch.testing.assert_close(_model().eval()(**x).alpha.sum(1), torch.ones(2))
