@@ -188,18 +188,22 @@ def summary_line(row: Mapping) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping]) -> str:
-    head = ("| variant | paper's model | IoU>=0.25 | IoU>=0.5 | vs RetinaNet @0.5 (pp, 95 % CI) | alpha-weighted IoU "
-            "- pool mean [CI] | pool oracle @0.5 | random ROI @0.5 | probe ceiling @0.5 | epochs |")
-    lines = [head, "|" + " --- |" * 10]
+    head = ("| variant | paper's model | IoU>=0.25 | IoU>=0.5 | vs RetinaNet @0.5 (pp, 95 % CI) | vs random ROI @0.5 "
+            "(pp, CI) | alpha-weighted IoU - pool mean [CI] | report-conditioned @0.5 | pool oracle @0.5 | "
+            "random ROI @0.5 | probe ceiling @0.5 | epochs |")
+    lines = [head, "|" + " --- |" * 12]
     for r in rows:
         d = r["diagnostics"]
-        w = d["methods"]["proposed"]["weighted_minus_pool_mean"]
+        m = d["methods"]["proposed"]
+        w = m["weighted_minus_pool_mean"]
         probe = d["probe_ceiling"]
         probe_cell = _pct(probe["hits"]["hit_iou50"]) if "hits" in probe else "-"
         lines.append(
             f"| {r['variant']} | {'yes' if r['paper'] else 'extension'} | {_pct(r['hits']['hit_iou25'])} | "
             f"{_pct(r['hits']['hit_iou50'])} | {_diff(r['vs_retinanet']['hit_iou50'])} | "
-            f"{w['estimate']:+.3f} [{w['low']:+.3f}, {w['high']:+.3f}] | {_pct(d['pool']['oracle']['hit_iou50'])} | "
+            f"{_diff(m['alpha_vs_random']['hit_iou50']) if 'alpha_vs_random' in m else '-'} | "
+            f"{w['estimate']:+.3f} [{w['low']:+.3f}, {w['high']:+.3f}] | "
+            f"{_pct(m['report_conditioned_ranking']['hits']['hit_iou50'])} | {_pct(d['pool']['oracle']['hit_iou50'])} | "
             f"{_pct(d['pool']['random']['hit_iou50'])} | {probe_cell} | {r['epochs']} |")
     if rows:
         r = rows[0]

@@ -121,6 +121,22 @@ def ranking_hits(rank_scores: Sequence[np.ndarray], ious: Sequence[np.ndarray], 
     return {hit_name(t): _ci((best >= t).astype(np.float64), n_resamples, confidence, seed) for t in thresholds}
 
 
+def ranking_vs_random(rank_scores: Sequence[np.ndarray], ious: Sequence[np.ndarray], thresholds: Sequence[float],
+                      n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Paired bootstrap of (top-1 hit by ``rank_scores``) - (random-ROI expectation), per image.
+
+    Returns:
+        ``{hit_name(t): PairedInterval}``: a CI above 0 means the ranking carries localization signal.
+    """
+    best = np.array([v[int(np.argmax(s))] if len(v) else 0.0 for s, v in zip(rank_scores, ious)])
+    out = {}
+    for t in thresholds:
+        rand = np.array([float((v >= t).mean()) if len(v) else 0.0 for v in ious])
+        out[hit_name(t)] = bootstrap.paired_bootstrap((best >= t).astype(np.float64), rand, n_resamples,
+                                                      confidence, seed).to_dict()
+    return out
+
+
 def attention_summary(alphas: Sequence[np.ndarray], ious: Sequence[np.ndarray], scores: Sequence[np.ndarray],
                       chosen: Sequence[np.ndarray], gt: Sequence[np.ndarray], n_resamples: int = 1000,
                       confidence: float = 0.95, seed: int = 0) -> dict:
@@ -214,4 +230,4 @@ def probe_ceiling(features: Sequence[np.ndarray], ious: Sequence[np.ndarray], th
 
 
 __all__ = ["attention_summary", "chosen_area_ratio", "entropy_ratio", "pool_summary", "probe_ceiling",
-           "ranking_hits", "roi_ious", "spearman"]
+           "ranking_hits", "ranking_vs_random", "roi_ious", "spearman"]

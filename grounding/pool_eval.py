@@ -97,6 +97,7 @@ def diagnose(pool: Pool, models: Mapping[str, GroundingModel], chosen: Mapping[s
         entry = pdx.attention_summary(alphas, sub(pool.ious), sub(pool.scores), sub(list(chosen[name])),
                                       sub(pool.gt), **kw)
         entry["alpha_ranking"] = pdx.ranking_hits(alphas, sub(pool.ious), thresholds, **kw)
+        entry["alpha_vs_random"] = pdx.ranking_vs_random(alphas, sub(pool.ious), thresholds, **kw)
         with_text = [i for i in idx if outs[pool.image_ids[i]]["relevance"] is not None]
         entry["report_conditioned_ranking"] = {
             "images": len(with_text),

@@ -205,12 +205,15 @@ def pool_diagnostics_section(pd: Mapping[str, Any], thresholds: Sequence[float] 
         lines.append(_hits_row(f"{name}: report-conditioned R_roi ({rc['images']} images with attributes)",
                                rc["hits"], thresholds))
         lines.append(_hits_row("random ROI on those images", rc["random"], thresholds))
-    lines += ["", "| method | alpha-weighted IoU | pool mean IoU | difference [95 % CI] | entropy ratio | "
-              "Spearman(alpha, score) | chosen / expert area |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| method | alpha-weighted IoU | pool mean IoU | difference [95 % CI] | alpha top-1 - random ROI "
+              "at IoU 0.5, pp [95 % CI] | entropy ratio | Spearman(alpha, score) | chosen / expert area |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, m in pd.get("methods", {}).items():
         d = m["weighted_minus_pool_mean"]
+        r = m.get("alpha_vs_random", {}).get(hit_name(0.5))
+        vs_random = (f"{100 * r['estimate']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]" if r else "-")
         lines.append(f"| {name} | {_num(m['weighted_iou']['estimate'])} | {_num(d['mean_b'])} | "
-                     f"{_num(d['estimate'], '+.3f')} [{_num(d['low'], '+.3f')}, {_num(d['high'], '+.3f')}] | "
+                     f"{_num(d['estimate'], '+.3f')} [{_num(d['low'], '+.3f')}, {_num(d['high'], '+.3f')}] | {vs_random} | "
                      f"{_num(m['entropy_ratio'], '.2f')} | {_num(m['spearman_alpha_score'], '+.2f')} | "
                      f"{_num(m['chosen_to_expert_area'], '.2f')} |")
     if "skipped" in probe:

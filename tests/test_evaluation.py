@@ -65,7 +65,7 @@ def _cache_rows():
 
 def _export(directory, feature: int):
     """A GroundingModel whose alpha is ~1 on the ROI with feature ``feature`` = 1 (hand-set weights)."""
-    cfg = GroundingConfig().with_overrides({"model.roi_hidden": 0, "model.alpha_hidden": 4,
+    cfg = GroundingConfig().with_overrides({"model.roi_hidden": 0, "model.alpha_hidden": 4, "model.max_roi_area": 1.0,
                                             "model.classifier_hidden": [4], "model.dropout": 0.0})
     v = synthetic_vectors(4)
     model = build_model(C, v.vectors, v.negative_vectors, cfg.model)

@@ -90,6 +90,7 @@ def test_report_section_lists_every_row():
     pool = pdx.pool_summary(ious, (0.25, 0.5), n_resamples=20)
     method = pdx.attention_summary([np.full(4, 0.25)] * 6, ious, scores, [POOL[:1]] * 6, [GT] * 6, n_resamples=20)
     method["alpha_ranking"] = pdx.ranking_hits([np.full(4, 0.25)] * 6, ious, (0.25, 0.5), n_resamples=20)
+    method["alpha_vs_random"] = pdx.ranking_vs_random([np.full(4, 0.25)] * 6, ious, (0.25, 0.5), n_resamples=20)
     method["report_conditioned_ranking"] = {"images": 6, "hits": method["alpha_ranking"], "random": pool["random"]}
     pd = {"pool": pool, "detector_score_ranking": pdx.ranking_hits(scores, ious, (0.25, 0.5), n_resamples=20),
           "probe_ceiling": {"skipped": "test"}, "methods": {"proposed": method}}
@@ -97,4 +98,12 @@ def test_report_section_lists_every_row():
     for label in ("oracle", "random ROI", "detector score", "proposed: alpha", "report-conditioned",
                   "Probe ceiling skipped"):
         assert label in text
-    assert "| proposed | 0.438 | 0.438 | +0.000" in text
+    assert "| proposed | 0.438 | 0.438 | +0.000 [+0.000, +0.000] | +50.0 [" in text
+
+
+def test_ranking_vs_random_is_paired_per_image():
+    ious = [np.array([0.9, 0.1, 0.1, 0.1])] * 10  # random expectation at 0.5: 1/4
+    good = pdx.ranking_vs_random([np.array([1.0, 0, 0, 0])] * 10, ious, (0.5,), n_resamples=50)["hit_iou50"]
+    assert good["estimate"] == pytest.approx(0.75) and good["low"] == pytest.approx(0.75)
+    bad = pdx.ranking_vs_random([np.array([0, 1.0, 0, 0])] * 10, ious, (0.5,), n_resamples=50)["hit_iou50"]
+    assert bad["estimate"] == pytest.approx(-0.25) and bad["high"] < 0
