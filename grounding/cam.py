@@ -1,7 +1,7 @@
 """CAM and Grad-CAM baselines (paper Table 1): a pneumonia classifier whose heat map gives a box.
 
-The classifier (``CamClassifier``) is a small CNN: conv blocks -> feature map F (B, C, h, w) ->
-global average pooling -> one linear unit -> pneumonia logit. Heat maps:
+The classifier (``CamClassifier``) is a small CNN: conv blocks (the first with stride 2) -> feature
+map F (B, C, h, w) -> global average pooling -> one linear unit -> pneumonia logit. Heat maps:
 
 * CAM (Zhou et al. 2016): ``M = sum_c w_c F_c`` with ``w`` the linear weights (bias left out).
 * Grad-CAM (Selvaraju et al. 2017): ``M = ReLU(sum_c a_c F_c)``, ``a_c`` = spatial mean of
@@ -57,17 +57,27 @@ class CamClassifier(nn.Module):
         channels: output channels of each conv block; every block but the last halves the size,
             so the feature map is S / 2**(len(channels) - 1) pixels wide.
         input_size: S, the side images are resized to (kept here so a checkpoint knows it).
+        stem_stride: how the FIRST block halves: 2 = its 3x3 convolution has stride 2 (the cheap
+            stem: no full-resolution activations, BatchNorm or pooling); 1 = a stride-1 convolution
+            then max-pooling (the layout before the stem; checkpoints without the field load so).
+            Later blocks always halve by max-pooling; a single block never halves.
     """
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 64, 64), input_size: int = 128):
+    def __init__(self, channels: Sequence[int] = (16, 32, 64), input_size: int = 64, stem_stride: int = 2):
         super().__init__()
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         self.channels = tuple(int(c) for c in channels)
         self.input_size = int(input_size)
+        self.stem_stride = int(stem_stride)
         layers: list[nn.Module] = []
         c_in = 1
         for i, c in enumerate(self.channels):
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-            if i < len(self.channels) - 1:
+            halve = i < len(self.channels) - 1
+            stride = 2 if (i == 0 and halve and self.stem_stride == 2) else 1
+            layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c),
+                       nn.ReLU(inplace=True)]
+            if halve and stride == 1:
                 layers.append(nn.MaxPool2d(2))
             c_in = c
         self.body = nn.Sequential(*layers)
@@ -85,19 +95,28 @@ class CamClassifier(nn.Module):
         return self.head(self.features(x))
 
     def config(self) -> dict:
-        return {"channels": list(self.channels), "input_size": self.input_size}
+        return {"channels": list(self.channels), "input_size": self.input_size,
+                "stem_stride": self.stem_stride}
 
 
-def to_input(images: np.ndarray | Sequence[np.ndarray], input_size: int) -> torch.Tensor:
-    """uint8 images (N, S, S) -> float (N, 1, input_size, input_size), scaled to about [-2, 2]."""
+def to_input(images: np.ndarray | Sequence[np.ndarray], input_size: int, chunk: int = 256) -> torch.Tensor:
+    """uint8 images (N, S, S) -> float (N, 1, input_size, input_size), scaled to about [-2, 2].
+
+    Converted ``chunk`` images at a time (antialiased bilinear resize is per image, so the result
+    does not depend on ``chunk``): the float copy at full size never exists for all N at once.
+    """
     arr = np.stack([np.asarray(im) for im in images]) if not isinstance(images, np.ndarray) else images
     if arr.ndim != 3:
         raise ValueError(f"expected (N, H, W) grey images, got shape {arr.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32) / 255.0).unsqueeze(1)
-    if x.shape[-2:] != (input_size, input_size):
-        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False,
-                          antialias=True)
-    return (x - 0.5) / 0.25
+    out = torch.empty((len(arr), 1, input_size, input_size), dtype=torch.float32)
+    for start in range(0, len(arr), chunk):
+        part = np.ascontiguousarray(arr[start:start + chunk], dtype=np.float32) / 255.0
+        x = torch.from_numpy(part).unsqueeze(1)
+        if x.shape[-2:] != (input_size, input_size):
+            x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        out[start:start + chunk] = (x - 0.5) / 0.25
+    return out
 
 
 def raw_heatmaps(model: CamClassifier, x: torch.Tensor, method: CamMethod) -> tuple[torch.Tensor, torch.Tensor]:

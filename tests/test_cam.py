@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -119,3 +121,54 @@ def test_train_from_prepared_table_is_deterministic():
     b = train_cam_classifier(table, epochs=1, seed=5, input_size=32, channels=(4, 8))
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(va, vb, msg=ka)
+
+
+def test_default_classifier_separates_blobs_and_its_cam_box_lands_on_the_blob():
+    """The settings ``grounding evaluate`` uses (function defaults + epochs/seed/input_size): the
+    classifier learns blob vs no blob, eval-mode outputs agree (BatchNorm statistics recomputed after
+    only 2 steps per epoch), the CAM box overlaps the blob, and torch's thread count is restored."""
+    threads = torch.get_num_threads()
+    images, labels, boxes = blob_set(128, 64, seed=4)
+    history: list[dict] = []
+    model = train_cam_classifier_arrays(images, labels, epochs=5, seed=0, input_size=64, history=history)
+    assert torch.get_num_threads() == threads
+    assert model.stem_stride == 2 and not model.training
+    assert history[-1]["loss"] < history[0]["loss"] and history[-1]["accuracy"] >= 0.95, history
+    test_images, test_labels, test_boxes = blob_set(32, 64, seed=5)
+    preds = cam_boxes(model, test_images, CamMethod.CAM)
+    assert np.mean([(p.score > 0.5) == bool(y) for p, y in zip(preds, test_labels)]) >= 0.95
+    pos = np.flatnonzero(test_labels)
+    ious = [box_iou(preds[i].boxes, test_boxes[i][None])[0, 0] if len(preds[i].boxes) else 0.0 for i in pos]
+    assert np.median(ious) > 0.3 and min(ious) > 0.1, ious
+    # determinism for a seed, including the recomputed BatchNorm statistics
+    again = train_cam_classifier_arrays(images, labels, epochs=5, seed=0, input_size=64)
+    for (ka, va), (kb, vb) in zip(model.state_dict().items(), again.state_dict().items()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=ka)
+
+
+def test_stem_keeps_the_feature_map_size_and_old_checkpoints_load(tmp_path):
+    x = torch.randn(2, 1, 64, 64)
+    for stem in (1, 2):
+        model = CamClassifier((4, 8, 16), input_size=64, stem_stride=stem).eval()
+        assert model.features(x).shape == (2, 16, 16, 16)
+    assert CamClassifier((4,), input_size=64).features(x).shape[-1] == 64  # one block never halves
+    with pytest.raises(ValueError, match="stem_stride"):
+        CamClassifier((4, 8), stem_stride=3)
+    # a checkpoint written before the stem (no stem_stride in its config) loads as stride 1 + max-pool
+    old = CamClassifier((4, 8), input_size=32, stem_stride=1).eval()
+    save_cam_classifier(old, str(tmp_path / "old.pt"))
+    blob = torch.load(tmp_path / "old.pt", weights_only=True)
+    cfg = json.loads(blob["config_json"])
+    del cfg["stem_stride"]
+    blob["config_json"] = json.dumps(cfg)
+    torch.save(blob, tmp_path / "old.pt")
+    loaded = load_cam_classifier(str(tmp_path / "old.pt"))
+    assert loaded.stem_stride == 1
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), old(x))
+
+
+def test_to_input_in_chunks_equals_one_pass():
+    images = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    torch.testing.assert_close(to_input(images, 32, chunk=2), to_input(images, 32, chunk=64))
+    assert to_input(images, 32).shape == (5, 1, 32, 32)
