@@ -47,7 +47,7 @@ class EvalSettings:
     seed: int = 0
     cam_threshold: float = 0.5
     cam_epochs: int = 5
-    cam_input_size: int = 128
+    cam_input_size: int = 64  # = EvalConfig.cam_input_size
     subset: ev.Subset = ev.Subset.EVAL
     nms_iou: float = 0.5
     batch_size: int = 64
