@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from grounding.ablation import Variant, run_ablation
 
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - {v.name for v in VARIANTS})
     if unknown:
         print(f"localization_ablation: unknown variant(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    need = ("config.yaml", "prepared", "detector/detector.pt", "word_vectors")
+    missing = [n for n in need if not Path(args.work_dir, n).exists()]
+    if missing:
+        print(f"localization_ablation: {args.work_dir} is not a finished pipeline run (missing {', '.join(missing)})",
+              file=sys.stderr)
         return 2
     chosen = [v for v in VARIANTS if not names or v.name in names]
     run_ablation(args.work_dir, chosen, args.out or f"{args.work_dir}/ablation", args.overrides, args.resamples)
