@@ -221,7 +221,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     from grounding.model import build_model
 
     payload = load_checkpoint(path, map_location)
-    cfg = GroundingConfig.from_dict(payload["config"])
+    saved = dict(payload["config"])
+    if "max_roi_area" not in saved.get("model", {}):  # trained before the switch: every ROI was a candidate
+        saved["model"] = {**saved.get("model", {}), "max_roi_area": 1.0}
+    cfg = GroundingConfig.from_dict(saved)
     state = payload.get("best_model") or payload["model"]
     feature_dim = int(state["embed.w1.0.weight" if "embed.w1.0.weight" in state else "embed.w1.weight"].shape[1])
     model = build_model(feature_dim, state["word_vectors"], state["negative_vectors"], cfg.model)

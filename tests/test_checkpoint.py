@@ -141,3 +141,14 @@ def test_save_file_is_atomic_when_torch_save_fails(tmp_path, monkeypatch):
         save_file(path, {"format": "grounding-checkpoint/1", "x": torch.zeros(2)})
     assert path.read_bytes() == good and load_file(path)["x"].tolist() == [1.0, 1.0]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_model_exported_before_max_roi_area_keeps_every_roi_a_candidate(tmp_path):
+    cfg, model, _ = _model_and_opt()
+    old = cfg.to_dict()
+    del old["model"]["max_roi_area"]  # a config written before the switch existed
+    export_model(tmp_path, model_state=model.state_dict(), config=old, config_yaml=cfg.to_yaml(),
+                 vocabulary=ATTRIBUTES, vocabulary_version=VOCABULARY_VERSION, epoch=1)
+    loaded, cfg2, _ = load_model(tmp_path / "model.pt")
+    assert cfg2.model.max_roi_area == 1.0 and loaded.max_roi_area == 1.0
+    assert GroundingConfig().model.max_roi_area < 1.0  # while new runs default to the restricted pool
