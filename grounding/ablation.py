@@ -36,7 +36,6 @@ from grounding.metrics import hit_name
 from grounding.model import build_model
 
 THRESHOLDS = (0.25, 0.5, 0.75)
-POOL_KEYS = ("detector.roi_pool", "detector.roi_features", "detector.num_rois")
 
 
 @dataclass(frozen=True)

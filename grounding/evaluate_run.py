@@ -140,14 +140,15 @@ def _pool_diagnostics(loc: pa.Table, gt: list, methods: dict, checkpoints: dict[
     models = {name: load_model(path)[0] for name, path in checkpoints.items() if path}
     chosen = {name: [methods[name][j][:1] for j in keep] for name in models}
     rows = _take(loc, pool.image_ids)
+    outputs: dict = {}
     result = pool_eval.diagnose(pool, models, chosen, rows, s.iou_thresholds, s.bootstrap_samples or 1,
-                                s.confidence, s.seed)
+                                s.confidence, s.seed, outputs=outputs)
     figures: dict[str, str] = {}
     if prepared and "proposed" in models and pool.image_ids:
         from grounding import figures as figs
         from grounding.prepared import bytes_to_pixels, read_prepared
 
-        alphas = {i: o["alpha"] for i, o in pool_eval.model_pool_outputs(models["proposed"], rows).items()}
+        alphas = {i: o["alpha"] for i, o in outputs["proposed"].items()}  # computed once, by diagnose
         pick = pool_eval.alpha_figure_inputs(pool, alphas, s.figure_images)
         ids = [pool.image_ids[i] for i in pick]
         px_rows = _take(read_prepared(prepared, columns=["image_id", "pixels", "image_size"]), ids).to_pylist()

@@ -69,7 +69,7 @@ def model_pool_outputs(model: GroundingModel, table: pa.Table, batch_size: int =
 
 def diagnose(pool: Pool, models: Mapping[str, GroundingModel], chosen: Mapping[str, Sequence[np.ndarray]],
              table: pa.Table, thresholds: Sequence[float], n_resamples: int = 1000, confidence: float = 0.95,
-             seed: int = 0, probe_folds: int = 5) -> dict:
+             seed: int = 0, probe_folds: int = 5, outputs: dict | None = None) -> dict:
     """Every diagnostic of :mod:`grounding.pool_diagnostics` for the pool and each model.
 
     Args:
@@ -77,6 +77,7 @@ def diagnose(pool: Pool, models: Mapping[str, GroundingModel], chosen: Mapping[s
         models: method name -> loaded model (e.g. ``proposed``, ``proposed_no_cls``).
         chosen: method name -> per image its top-1 box (original px), aligned with ``pool.image_ids``.
         table: ROI-cache rows of ``pool.image_ids`` (the models' input, with attributes).
+        outputs: if given, filled with method name -> :func:`model_pool_outputs` (reused by the figure).
 
     Returns:
         ``{"pool": ..., "detector_score_ranking": ..., "probe_ceiling": ..., "methods": {name: {...}}}``.
@@ -90,6 +91,8 @@ def diagnose(pool: Pool, models: Mapping[str, GroundingModel], chosen: Mapping[s
     }
     for name, model in models.items():
         outs = model_pool_outputs(model, table)
+        if outputs is not None:
+            outputs[name] = outs
         idx = [i for i, image_id in enumerate(pool.image_ids) if image_id in outs
                and len(outs[image_id]["alpha"]) == len(pool.ious[i])]
         alphas = [outs[pool.image_ids[i]]["alpha"] for i in idx]
