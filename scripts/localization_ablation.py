@@ -42,6 +42,9 @@ VARIANTS = [
     Variant("adopted_roi_align", {**ADOPTED, "detector.roi_features": "roi_align"}, note="RoIAlign 2x2 of the box"),
     Variant("adopted_n100", {**ADOPTED, "detector.num_rois": 100}),
     Variant("adopted_n300", {**ADOPTED, "detector.num_rois": 300}, note="the paper's 'large number of ROIs'"),
+    Variant("adopted_beta_0.4", {**ADOPTED, "loss.beta": 0.4}, note="triplet margin (default 0.8)"),
+    Variant("adopted_lambda_b_20", {**ADOPTED, "model.lambda_b": 20.0}, note="sharper softmax over ROIs (default 9)"),
+    Variant("adopted_lambda_a_9", {**ADOPTED, "model.lambda_a": 9.0}, note="sharper softmax over words (default 4)"),
     Variant("adopted_epochs_185", {**ADOPTED, "optim.max_epochs": 185}, note="the paper's cap; early stopping decides"),
 ]
 
