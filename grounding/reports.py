@@ -34,7 +34,7 @@ than ``MAX_REPORT_CHARS`` (2 MB) is read up to that length; a 1 MB report takes 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 
@@ -84,23 +84,31 @@ def extract_attributes(text: str | bytes | None) -> ReportAttributes:
     text = _as_text(text)[:MAX_REPORT_CHARS]
     if not text.strip():
         return ReportAttributes()
+    return assemble((m.payload[0], m.state, m.attached) for m in rules.analyse(text))
+
+
+def assemble(mentions: Iterable[tuple[str, rules.State, Iterable[str]]]) -> ReportAttributes:
+    """(finding name, state, attached attributes) per finding mention -> :class:`ReportAttributes`.
+
+    Shared by every engine (the rules here, medspaCy ConText in ``report_context``) so that the
+    engines differ only in how they find mentions, states and attachments.
+    """
     present: set[str] = set()
     uncertain: set[str] = set()
     positive_findings: set[str] = set()
     uncertain_findings: set[str] = set()
     negated: set[str] = set()
-    for m in rules.analyse(text):
-        attrs = set(m.attached)
+    for name, state, attached in mentions:
+        attrs = set(attached)
         if "left" in attrs and "right" in attrs:
             attrs.add("bilateral")
-        name = m.payload[0]
-        if m.state is rules.State.POSITIVE:
+        if state is rules.State.POSITIVE:
             present |= attrs
             positive_findings.add(name)
-        elif m.state is rules.State.UNCERTAIN:
+        elif state is rules.State.UNCERTAIN:
             uncertain |= attrs
             uncertain_findings.add(name)
-        elif m.state is rules.State.NEGATED:
+        elif state is rules.State.NEGATED:
             negated.add(name)
     return ReportAttributes(
         attributes=_ordered(present, ATTRIBUTES),
