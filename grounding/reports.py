@@ -7,20 +7,27 @@ Rules, in short (tables in :mod:`grounding.vocabulary`, version ``VOCABULARY_VER
 * An attribute word counts only when it is attached to such a finding: the nearest finding or
   *other* finding (effusion, atelectasis, heart, hemidiaphragm, ...) in the same clause, at most 8
   tokens away, the following one on a tie. "small left effusion and right opacity" -> right only.
+  A run of attribute words ("the left lung base") attaches as one phrase; a comma before the
+  following finding counts against it ("opacity in the left base, XXXX scarring" -> the opacity);
+  "most notably / most prominent / predominantly in" hands a location back to the finding before;
+  findings coordinated with the anchor ("consolidation and atelectasis ... in the right lower
+  lobe") share its attributes.
 * Synonyms: "lower lobe" -> lower, "base(s)/basilar" -> basal, "bibasilar"/"both bases" -> basal +
   bilateral, "lingula" -> lingular, "both lungs" -> bilateral, "apex/apices" -> apical,
   "midlung/mid" -> middle, "hilar/parahilar" -> perihilar, "subpleural" -> peripheral,
   "multiple/scattered/multilobar" -> multifocal, "ground glass/ill-defined/vague" -> hazy,
   "linear/strandy" -> streaky, "marked" -> severe, "large/massive" -> extensive, and
   **minimal/small/slight/subtle/faint/trace -> mild** (the Indiana MeSH coders write "mild" for
-  them). A finding with both left and right gets bilateral as well.
+  them). A finding with both left and right gets bilateral as well; a plural zone ("lower lobes")
+  gives bilateral only when no single side is named ("right middle and lower lobes" -> right).
 * States: negated ("no", "without", "negative for", "free of", "clear of", "resolved", "not seen",
   ...), uncertain ("may represent", "cannot exclude", "possible", "questionable", "could be",
-  "versus", "or" between two findings, "?", ...), history ("history of", "status post", and any
-  INDICATION/HISTORY/COMPARISON section) and positive. "likely", "probable", "consistent with"
+  "?", ...), differential ("versus", "vs", "or", "/" between two findings: the finding counts as
+  uncertain, its attributes as present, since the opacity is seen there), history ("history of",
+  "status post", and any INDICATION/HISTORY/COMPARISON section) and positive. "likely", "probable", "consistent with"
   are positive. Comparison wording ("compared to prior", "previously seen", "unchanged",
   "improved") does not change the state; "resolved"/"cleared" negate.
-* Output: ``attributes`` = attributes attached to a positive finding (vocabulary order);
+* Output: ``attributes`` = attributes attached to a positive or differential finding (vocabulary order);
   ``uncertain_attributes`` = attached only to uncertain findings; ``negated_findings`` = findings
   only ever negated; ``findings`` = positive findings; ``pneumonia_positive`` = any positive
   finding of the five.
@@ -105,6 +112,9 @@ def assemble(mentions: Iterable[tuple[str, rules.State, Iterable[str]]]) -> Repo
         if state is rules.State.POSITIVE:
             present |= attrs
             positive_findings.add(name)
+        elif state is rules.State.DIFFERENTIAL:
+            present |= attrs
+            uncertain_findings.add(name)
         elif state is rules.State.UNCERTAIN:
             uncertain |= attrs
             uncertain_findings.add(name)
