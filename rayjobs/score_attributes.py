@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"score-attributes: --engine medspacy: {err}", file=sys.stderr)
         return 2
     print(f"engine={result['engine']} split={args.split} reports={result['reports']} "
-          f"include_uncertain={args.include_uncertain} reports/s={result['reports_per_second']:.0f}")
+          f"include_uncertain={args.include_uncertain} reports/CPU-s={result['reports_per_second']:.0f}")
     print(format_table(result))
     f = result["finding"]
     print(f"finding present (report level): P={f['precision']:.3f} R={f['recall']:.3f} F1={f['f1']:.3f}")
