@@ -300,7 +300,8 @@ def attach(clause: list[Mention], tokens: list[str]) -> None:
         best = after
         if before is not None:
             gap = clause[first].start - clause[before].end
-            if after is not None and any(t in _NEW_PHRASE for t in tokens[clause[before].end:clause[first].start]):
+            joined = tokens[clause[before].end:clause[first].start]
+            if after is not None and any(t in _NEW_PHRASE for t in joined):
                 gap += NEW_PHRASE_PENALTY
             after_gap = clause[after].start - clause[last].end if after is not None else 0
             # a comma before the following anchor starts a new phrase too: "in the left base, XXXX scarring"
@@ -319,7 +320,8 @@ def attach(clause: list[Mention], tokens: list[str]) -> None:
             if anchor.kind is Kind.FINDING:
                 for m in clause[first:last + 1]:
                     if tokens[m.end - 1] in _PLURAL_ZONE and "bilateral" in m.payload:
-                        anchor.attached.extend(a if a != "bilateral" else _IMPLIED_BILATERAL for a in m.payload)
+                        anchor.attached.extend(
+                            a if a != "bilateral" else _IMPLIED_BILATERAL for a in m.payload)
                     else:
                         anchor.attached.extend(m.payload)
     for anchor in clause:

@@ -24,10 +24,11 @@ Rules, in short (tables in :mod:`grounding.vocabulary`, version ``VOCABULARY_VER
   ...), uncertain ("may represent", "cannot exclude", "possible", "questionable", "could be",
   "?", ...), differential ("versus", "vs", "or", "/" between two findings: the finding counts as
   uncertain, its attributes as present, since the opacity is seen there), history ("history of",
-  "status post", and any INDICATION/HISTORY/COMPARISON section) and positive. "likely", "probable", "consistent with"
-  are positive. Comparison wording ("compared to prior", "previously seen", "unchanged",
-  "improved") does not change the state; "resolved"/"cleared" negate.
-* Output: ``attributes`` = attributes attached to a positive or differential finding (vocabulary order);
+  "status post", and any INDICATION/HISTORY/COMPARISON section) and positive. "likely",
+  "probable", "consistent with" are positive. Comparison wording ("compared to prior",
+  "previously seen", "unchanged", "improved") does not change the state; "resolved"/"cleared" negate.
+* Output: ``attributes`` = attributes attached to a positive or differential finding (vocabulary
+  order);
   ``uncertain_attributes`` = attached only to uncertain findings; ``negated_findings`` = findings
   only ever negated; ``findings`` = positive findings; ``pneumonia_positive`` = any positive
   finding of the five.

@@ -126,7 +126,8 @@ def test_states(text, state):
     ("Bibasilar atelectasis/infiltrate.", ("bilateral", "basal"), ("infiltrate",)),
     ("Left lung base atelectasis/airspace disease.", ("left", "basal"), ("airspace disease",)),
     # Indiana CXR816
-    ("Left lower lobe atelectasis or pneumonia with small pleural effusion.", ("left", "lower"), ("pneumonia",)),
+    ("Left lower lobe atelectasis or pneumonia with small pleural effusion.", ("left", "lower"),
+     ("pneumonia",)),
 ])
 def test_differential_keeps_the_place_and_hedges_the_finding(text, present, uncertain_findings):
     r = extract_attributes(text)
