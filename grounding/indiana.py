@@ -17,8 +17,10 @@ Reports without FINDINGS and IMPRESSION text are skipped (counted in ``skipped``
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
+import time
 import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -46,6 +48,13 @@ MESH_TO_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "large": ("extensive",), "extensive": ("extensive",),
 }
 SPLITS = ("even", "odd", "all")
+
+
+class Engine(str, enum.Enum):
+    """Which extractor reads the reports."""
+
+    RULES = "rules"  # grounding.report_rules (the project's)
+    MEDSPACY = "medspacy"  # grounding.report_context: medspaCy TargetMatcher + ConText (optional extra)
 
 
 @dataclass(frozen=True)
@@ -184,24 +193,47 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def score_extractor(path: str, split: str, include_uncertain: bool = False) -> dict:
-    """Run ``extract_attributes`` on every report of ``split`` and score it against MeSH.
+def extractor(engine: Engine | str):
+    """``text -> ReportAttributes`` for ``engine``.
+
+    Raises:
+        ValueError: unknown engine name.
+        grounding.report_context.MedspacyMissing: ``medspacy`` without medspaCy installed.
+    """
+    engine = Engine(engine)
+    if engine is Engine.MEDSPACY:
+        from grounding.report_context import ContextExtractor
+
+        return ContextExtractor().extract
+    from grounding.reports import extract_attributes
+
+    return extract_attributes
+
+
+def score_extractor(path: str, split: str, include_uncertain: bool = False,
+                    engine: Engine | str = Engine.RULES) -> dict:
+    """Run an extractor on every report of ``split`` and score it against MeSH.
 
     Args:
         path: ``NLMCXR_reports.tgz`` or a folder of its XML files.
         split: even (dev), odd (held out: report once, never tune on it) or all.
         include_uncertain: also count ``uncertain_attributes`` as predicted (the MeSH coders code
             hedged findings such as "atelectasis versus infiltrate").
+        engine: ``rules`` (the project's) or ``medspacy`` (the comparison; needs the extra).
 
     Returns:
-        :func:`score_sets` output plus ``split``, ``include_uncertain`` and ``finding`` (report-level
-        P/R/F1 of "a pneumonia-like finding is present" vs a counted MeSH head).
+        :func:`score_sets` output plus ``split``, ``include_uncertain``, ``engine``, ``finding``
+        (report-level P/R/F1 of "a pneumonia-like finding is present" vs a counted MeSH head),
+        ``extract_seconds`` / ``extract_cpu_seconds`` (extraction only, not reading the archive) and
+        ``reports_per_second`` (per CPU second).
     """
-    from grounding.reports import extract_attributes
-
+    extract = extractor(engine)
+    reports = list(iter_reports(path, split))
+    started, cpu_started = time.perf_counter(), time.process_time()
+    results = [extract(report.text) for report in reports]
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     predicted, gold, found, coded = [], [], [], []
-    for report in iter_reports(path, split):
-        result = extract_attributes(report.text)
+    for report, result in zip(reports, results):
         pred = set(result.attributes)
         if include_uncertain:
             pred |= set(result.uncertain_attributes)
@@ -214,4 +246,9 @@ def score_extractor(path: str, split: str, include_uncertain: bool = False) -> d
     out["finding"] = _prf(tp, sum(found) - tp, sum(coded) - tp)
     out["split"] = split
     out["include_uncertain"] = include_uncertain
+    out["engine"] = Engine(engine).value
+    out["extract_seconds"] = seconds
+    out["extract_cpu_seconds"] = cpu
+    # per CPU second: the figure that survives a shared, busy machine (wall time is kept too)
+    out["reports_per_second"] = len(reports) / cpu if cpu > 0 else 0.0
     return out

@@ -10,11 +10,13 @@ Pipeline, all linear in the text length:
 3. ``clauses``: sentence ends (``. ; ! \\n\\n``, a section header) cut the mentions into clauses;
    a clause longer than ``MAX_CLAUSE_TOKENS`` is cut too (bounds the work on garbage input).
 4. ``assign_states``: NegEx-style scopes give each finding mention a state
-   (positive / negated / uncertain / history), precedence negated > history > uncertain.
-5. ``attach``: each attribute mention attaches to the nearest finding *or other finding* in its
-   clause, at most ``MAX_ATTACH_DISTANCE`` tokens away, preferring the following one on a tie
-   (pre-modifiers are the common case: "right lower lobe opacity"). Attributes that land on an
-   other finding ("small left effusion") or on nothing are dropped.
+   (positive / differential / negated / uncertain / history), precedence negated > history >
+   uncertain > differential ("atelectasis versus infiltrate") > positive.
+5. ``attach``: each run of attribute mentions (one phrase: "the left lung base") attaches to the
+   nearest finding *or other finding* in its clause, at most ``MAX_ATTACH_DISTANCE`` tokens away,
+   preferring the following one on a tie (pre-modifiers are the common case: "right lower lobe
+   opacity"), and to the findings coordinated with it. Attributes that land on an other finding
+   ("small left effusion") or on nothing are dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Kind(str, enum.Enum):
     FINDING = "finding"
     ATTRIBUTE = "attribute"
     OTHER = "other"  # other finding or anatomy: an attachment sink
+    FOCUS = "focus"  # "most notably": what follows attaches backward
     NEG_PRE = "neg_pre"
     NEG_POST = "neg_post"
     NEG_BI = "neg_bi"
@@ -56,9 +59,13 @@ class State(str, enum.Enum):
     NEGATED = "negated"
     UNCERTAIN = "uncertain"
     HISTORY = "history"
+    # one side of a differential ("atelectasis versus infiltrate"): the finding is hedged, but the
+    # opacity it names is seen where the report says, so its attributes count as present
+    DIFFERENTIAL = "differential"
 
 
-_PRECEDENCE = {State.POSITIVE: 0, State.UNCERTAIN: 1, State.HISTORY: 2, State.NEGATED: 3}
+_PRECEDENCE = {State.POSITIVE: 0, State.DIFFERENTIAL: 1, State.UNCERTAIN: 2, State.HISTORY: 3,
+               State.NEGATED: 4}
 
 
 @dataclass
@@ -100,6 +107,7 @@ def _build_table() -> dict[str, list[tuple[int, dict[tuple[str, ...], tuple[Kind
     two_way(V.NEGATION_PRE, V.NEGATION_POST, Kind.NEG_PRE, Kind.NEG_POST, Kind.NEG_BI)
     two_way(V.UNCERTAIN_PRE, V.UNCERTAIN_POST, Kind.UNC_PRE, Kind.UNC_POST, Kind.UNC_BI)
     add(V.SCOPE_END, Kind.END)
+    add(V.LOCATION_FOCUS, Kind.FOCUS)
     add(V.OTHER_FINDINGS, Kind.OTHER)
     by_first: dict[str, dict[int, dict[tuple[str, ...], tuple[Kind, tuple[str, ...]]]]] = {}
     for key, value in entries.items():
@@ -204,7 +212,7 @@ def assign_states(clause: list[Mention], tokens: list[str]) -> None:
                 if 0 <= j < len(clause):
                     gap = trig.start - clause[j].end if step < 0 else clause[j].start - trig.end
                     if gap <= BIDIRECTIONAL_WINDOW:
-                        _mark(clause[j], State.UNCERTAIN)
+                        _mark(clause[j], State.UNCERTAIN if tokens[trig.start] == "?" else State.DIFFERENTIAL)
             continue
         if trig.kind in _PRE:
             for m in clause[k + 1:]:
@@ -223,12 +231,12 @@ def assign_states(clause: list[Mention], tokens: list[str]) -> None:
 _ANCHORS = (Kind.FINDING, Kind.OTHER)
 # Forward attachment stops at any trigger or scope end ("bases compatible with scarring"),
 # backward attachment only at a scope end ("opacity which is now in the left base" still attaches).
-_FORWARD_BLOCK = frozenset(Kind) - {Kind.ATTRIBUTE, Kind.FINDING, Kind.OTHER, Kind.PSEUDO}
+_FORWARD_BLOCK = frozenset(Kind) - {Kind.ATTRIBUTE, Kind.FINDING, Kind.OTHER, Kind.PSEUDO, Kind.FOCUS}
 _BACKWARD_BLOCK = frozenset({Kind.END})
 
 
 def _nearest(clause: list[Mention], i: int, step: int) -> int | None:
-    """Index of the nearest anchor from attribute ``i`` in direction ``step``, if in reach."""
+    """Index of the nearest anchor from mention ``i`` in direction ``step``, if in reach."""
     blocked = _FORWARD_BLOCK if step > 0 else _BACKWARD_BLOCK
     j = i + step
     while 0 <= j < len(clause):
@@ -242,34 +250,87 @@ def _nearest(clause: list[Mention], i: int, step: int) -> int | None:
     return None
 
 
-def attach(clause: list[Mention], tokens: list[str]) -> None:
-    """Attach every attribute mention of one clause to its finding (fills ``Mention.attached``)."""
+# Tokens that may sit inside one location phrase: "the left lung base", "right mid lung".
+_PHRASE_FILLER = frozenset({"the", "lung", "lungs"})
+
+
+def _phrases(clause: list[Mention], tokens: list[str]) -> list[tuple[int, int]]:
+    """Runs of attribute mentions that form one phrase, as (first, last) clause indices.
+
+    "opacity in the left base, XXXX scarring": "left" and "base" are decided together, so the
+    phrase attaches to the opacity instead of "base" drifting to the scarring after the comma.
+    """
+    runs: list[tuple[int, int]] = []
     for i, m in enumerate(clause):
         if m.kind is not Kind.ATTRIBUTE:
             continue
-        after, before = _nearest(clause, i, 1), _nearest(clause, i, -1)
+        if runs and runs[-1][1] == i - 1 and all(
+                t in _PHRASE_FILLER for t in tokens[clause[i - 1].end:m.start]):
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+_PLURAL_ZONE = frozenset({"lobes", "lungs", "zones"})
+_IMPLIED_BILATERAL = "bilateral?"  # from a plural zone; settled once the clause is attached
+
+
+def _coordinated(clause: list[Mention], tokens: list[str], k: int, step: int) -> list[Mention]:
+    """Anchors joined to anchor ``k`` by coordinators only, walking in direction ``step``."""
+    out = []
+    while True:
+        nxt = next((x for x in range(k + step, len(clause) if step > 0 else -1, step)
+                    if clause[x].kind in _ANCHORS), None)
+        if nxt is None:
+            return out
+        lo, hi = (k, nxt) if step > 0 else (nxt, k)
+        between = tokens[clause[lo].end:clause[hi].start]
+        # "nipple shadows": two adjacent anchors are one noun, not a coordination
+        if not between or not all(t in _COORDINATORS for t in between):
+            return out
+        out.append(clause[nxt])
+        k = nxt
+
+
+def attach(clause: list[Mention], tokens: list[str]) -> None:
+    """Attach every attribute mention of one clause to its finding (fills ``Mention.attached``)."""
+    for first, last in _phrases(clause, tokens):
+        after, before = _nearest(clause, last, 1), _nearest(clause, first, -1)
         best = after
         if before is not None:
-            gap = m.start - clause[before].end
-            if after is not None and any(t in _NEW_PHRASE for t in tokens[clause[before].end:m.start]):
+            gap = clause[first].start - clause[before].end
+            joined = tokens[clause[before].end:clause[first].start]
+            if after is not None and any(t in _NEW_PHRASE for t in joined):
                 gap += NEW_PHRASE_PENALTY
-            if after is None or gap < clause[after].start - m.end:
+            after_gap = clause[after].start - clause[last].end if after is not None else 0
+            # a comma before the following anchor starts a new phrase too: "in the left base, XXXX scarring"
+            if after is not None and "," in tokens[clause[last].end:clause[after].start]:
+                after_gap += NEW_PHRASE_PENALTY
+            if after is None or gap < after_gap or any(
+                    x.kind is Kind.FOCUS for x in clause[before + 1:first]):
                 best = before
         if best is None:
             continue
-        group = [clause[best]]
-        if best == after:  # a pre-modifier also covers findings coordinated after its head noun
-            k = best
-            while True:
-                nxt = next((x for x in range(k + 1, len(clause)) if clause[x].kind in _ANCHORS), None)
-                if nxt is None or not all(
-                        t in _COORDINATORS for t in tokens[clause[k].end:clause[nxt].start]):
-                    break
-                group.append(clause[nxt])
-                k = nxt
+        # a modifier also covers the findings coordinated with its anchor: after its head noun for a
+        # pre-modifier ("bibasilar atelectasis/infiltrate"), before it for a post-modifier
+        # ("consolidation and atelectasis have developed in the right lower lobe")
+        group = [clause[best]] + _coordinated(clause, tokens, best, 1 if best == after else -1)
         for anchor in group:
             if anchor.kind is Kind.FINDING:
-                anchor.attached.extend(m.payload)
+                for m in clause[first:last + 1]:
+                    if tokens[m.end - 1] in _PLURAL_ZONE and "bilateral" in m.payload:
+                        anchor.attached.extend(
+                            a if a != "bilateral" else _IMPLIED_BILATERAL for a in m.payload)
+                    else:
+                        anchor.attached.extend(m.payload)
+    for anchor in clause:
+        if _IMPLIED_BILATERAL in anchor.attached:
+            # "the right middle and lower lobes" is one lung: a plural zone means both lungs only
+            # when no single side is named
+            anchor.attached = [a for a in anchor.attached if a != _IMPLIED_BILATERAL]
+            if ("left" in anchor.attached) == ("right" in anchor.attached):
+                anchor.attached.append("bilateral")
 
 
 def analyse(text: str) -> list[Mention]:

@@ -7,20 +7,28 @@ Rules, in short (tables in :mod:`grounding.vocabulary`, version ``VOCABULARY_VER
 * An attribute word counts only when it is attached to such a finding: the nearest finding or
   *other* finding (effusion, atelectasis, heart, hemidiaphragm, ...) in the same clause, at most 8
   tokens away, the following one on a tie. "small left effusion and right opacity" -> right only.
+  A run of attribute words ("the left lung base") attaches as one phrase; a comma before the
+  following finding counts against it ("opacity in the left base, XXXX scarring" -> the opacity);
+  "most notably / most prominent / predominantly in" hands a location back to the finding before;
+  findings coordinated with the anchor ("consolidation and atelectasis ... in the right lower
+  lobe") share its attributes.
 * Synonyms: "lower lobe" -> lower, "base(s)/basilar" -> basal, "bibasilar"/"both bases" -> basal +
   bilateral, "lingula" -> lingular, "both lungs" -> bilateral, "apex/apices" -> apical,
   "midlung/mid" -> middle, "hilar/parahilar" -> perihilar, "subpleural" -> peripheral,
   "multiple/scattered/multilobar" -> multifocal, "ground glass/ill-defined/vague" -> hazy,
   "linear/strandy" -> streaky, "marked" -> severe, "large/massive" -> extensive, and
   **minimal/small/slight/subtle/faint/trace -> mild** (the Indiana MeSH coders write "mild" for
-  them). A finding with both left and right gets bilateral as well.
+  them). A finding with both left and right gets bilateral as well; a plural zone ("lower lobes")
+  gives bilateral only when no single side is named ("right middle and lower lobes" -> right).
 * States: negated ("no", "without", "negative for", "free of", "clear of", "resolved", "not seen",
   ...), uncertain ("may represent", "cannot exclude", "possible", "questionable", "could be",
-  "versus", "or" between two findings, "?", ...), history ("history of", "status post", and any
-  INDICATION/HISTORY/COMPARISON section) and positive. "likely", "probable", "consistent with"
-  are positive. Comparison wording ("compared to prior", "previously seen", "unchanged",
-  "improved") does not change the state; "resolved"/"cleared" negate.
-* Output: ``attributes`` = attributes attached to a positive finding (vocabulary order);
+  "?", ...), differential ("versus", "vs", "or", "/" between two findings: the finding counts as
+  uncertain, its attributes as present, since the opacity is seen there), history ("history of",
+  "status post", and any INDICATION/HISTORY/COMPARISON section) and positive. "likely",
+  "probable", "consistent with" are positive. Comparison wording ("compared to prior",
+  "previously seen", "unchanged", "improved") does not change the state; "resolved"/"cleared" negate.
+* Output: ``attributes`` = attributes attached to a positive or differential finding (vocabulary
+  order);
   ``uncertain_attributes`` = attached only to uncertain findings; ``negated_findings`` = findings
   only ever negated; ``findings`` = positive findings; ``pneumonia_positive`` = any positive
   finding of the five.
@@ -34,7 +42,7 @@ than ``MAX_REPORT_CHARS`` (2 MB) is read up to that length; a 1 MB report takes 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 
@@ -84,23 +92,34 @@ def extract_attributes(text: str | bytes | None) -> ReportAttributes:
     text = _as_text(text)[:MAX_REPORT_CHARS]
     if not text.strip():
         return ReportAttributes()
+    return assemble((m.payload[0], m.state, m.attached) for m in rules.analyse(text))
+
+
+def assemble(mentions: Iterable[tuple[str, rules.State, Iterable[str]]]) -> ReportAttributes:
+    """(finding name, state, attached attributes) per finding mention -> :class:`ReportAttributes`.
+
+    Shared by every engine (the rules here, medspaCy ConText in ``report_context``) so that the
+    engines differ only in how they find mentions, states and attachments.
+    """
     present: set[str] = set()
     uncertain: set[str] = set()
     positive_findings: set[str] = set()
     uncertain_findings: set[str] = set()
     negated: set[str] = set()
-    for m in rules.analyse(text):
-        attrs = set(m.attached)
+    for name, state, attached in mentions:
+        attrs = set(attached)
         if "left" in attrs and "right" in attrs:
             attrs.add("bilateral")
-        name = m.payload[0]
-        if m.state is rules.State.POSITIVE:
+        if state is rules.State.POSITIVE:
             present |= attrs
             positive_findings.add(name)
-        elif m.state is rules.State.UNCERTAIN:
+        elif state is rules.State.DIFFERENTIAL:
+            present |= attrs
+            uncertain_findings.add(name)
+        elif state is rules.State.UNCERTAIN:
             uncertain |= attrs
             uncertain_findings.add(name)
-        elif m.state is rules.State.NEGATED:
+        elif state is rules.State.NEGATED:
             negated.add(name)
     return ReportAttributes(
         attributes=_ordered(present, ATTRIBUTES),

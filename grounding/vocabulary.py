@@ -6,7 +6,9 @@ ROI caches record it so a model is never paired with a differently ordered vocab
 
 from __future__ import annotations
 
-VOCABULARY_VERSION = "2"  # 2: synonym and trigger tables added (ATTRIBUTES unchanged)
+VOCABULARY_VERSION = "3"  # 2: synonym and trigger tables added (ATTRIBUTES unchanged)
+# 3: juxta/supra/infrahilar -> perihilar, nipple shadow(s) as other finding, LOCATION_FOCUS; with
+#    report_rules: differentials keep their attributes, location phrases, plural zones (issue 18)
 
 # Order matters: it is the index of the classifier's logits and of the multi-hot targets.
 LOCATION = ("left", "right", "bilateral", "upper", "middle", "lower", "basal", "apical",
@@ -76,7 +78,8 @@ ATTRIBUTE_SYNONYMS: dict[str, tuple[str, ...]] = {
         "both lung bases", "bases", "lung bases")},
     **{w: ("apical",) for w in ("apex", "apical", "apically", "apicoposterior")},
     **{w: ("apical", "bilateral") for w in ("biapical", "apices", "lung apices")},
-    **{w: ("perihilar",) for w in ("perihilar", "parahilar", "hilar", "hilum", "hila", "perihilum")},
+    **{w: ("perihilar",) for w in ("perihilar", "parahilar", "hilar", "hilum", "hila", "perihilum",
+                                    "juxtahilar", "suprahilar", "infrahilar")},
     **{w: ("perihilar", "bilateral") for w in ("bihilar", "biperihilar")},
     **{w: ("peripheral",) for w in ("peripheral", "periphery", "peripherally", "subpleural")},
     **{w: ("retrocardiac",) for w in ("retrocardiac", "behind the heart")},
@@ -147,6 +150,12 @@ UNCERTAIN_DIFFERENTIAL: tuple[str, ...] = ("versus", "vs", "or", "and or", "/", 
 # Words that coordinate two findings so that they share their pre-modifiers:
 # "bibasilar atelectasis/infiltrate" -> the infiltrate is bibasilar too.
 COORDINATORS: tuple[str, ...] = ("and", "or", "and or", "/", ",", "versus", "vs", "xxxx")
+# "opacities, most notably in the right middle lobe": the location that follows belongs to the
+# finding before these words (the comma before them does not start a new phrase).
+LOCATION_FOCUS: tuple[str, ...] = (
+    "most notably", "most notable", "most prominent", "most prominently", "most pronounced",
+    "most marked", "predominantly", "predominately", "greatest", "most severe", "especially",
+    "particularly", "most conspicuous")
 # A history/comparison scope: findings in it are past, neither present nor uncertain.
 HISTORY_PRE: tuple[str, ...] = (
     "history of", "hx of", "h o", "prior history of", "previous history of", "known history of",
@@ -182,7 +191,8 @@ OTHER_FINDINGS: tuple[str, ...] = (
     "cavitation", "cavity", "markings", "density", "densities", "hemidiaphragm", "hemidiaphragms",
     "diaphragm", "heart", "mediastinum", "aorta", "spine", "rib", "ribs", "clavicle", "humerus",
     "shoulder", "catheter", "tube", "line", "port", "pacemaker", "sternotomy", "clips", "stent",
-    "picc", "wires", "wire", "artifact", "breast", "nipple", "soft tissue", "costophrenic",
+    "picc", "wires", "wire", "artifact", "breast", "nipple", "nipple shadow", "nipple shadows",
+    "soft tissue", "costophrenic",
     "angle", "angles", "sulcus", "pleura", "pleural", "fissure", "vasculature", "vascularity",
     "bronchovascular", "silhouette", "contour", "contours", "ventricle", "atrium",
     "volumes", "volume", "dilated", "bowel", "stomach", "abdomen", "thyroid", "trachea",

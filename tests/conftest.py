@@ -22,13 +22,17 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def prevent_leaking_rng():
     """Tests must not change the global RNG state others see (torchvision's conftest)."""
-    import torch
+    try:
+        import torch
+    except ImportError:  # the text tests also run in the medspaCy venv, which has no torch
+        torch = None
 
-    torch_state = torch.get_rng_state()
+    torch_state = torch.get_rng_state() if torch is not None else None
     np_state = np.random.get_state()
     py_state = random.getstate()
     yield
-    torch.set_rng_state(torch_state)
+    if torch is not None:
+        torch.set_rng_state(torch_state)
     np.random.set_state(np_state)
     random.setstate(py_state)
 

@@ -92,7 +92,7 @@ def test_score_extractor_on_a_tiny_folder(tmp_path):
 
 @pytest.mark.slow
 def test_dev_set_goal(shared_data):
-    """Development split only (even ids): location+severity micro-F1 >= 0.85."""
+    """Development split only (even ids): location+severity micro-F1 >= 0.92 (0.928 with vocabulary 3)."""
     result = indiana.score_extractor(str(shared_data / "indiana" / "NLMCXR_reports.tgz"), "even")
     assert result["reports"] > 1900
-    assert result["micro_location_severity"]["f1"] >= 0.85
+    assert result["micro_location_severity"]["f1"] >= 0.92

@@ -26,9 +26,11 @@ REAL = [
     # Indiana CXR144: bibasilar -> basal + bilateral
     ("Overall low lung volumes with mild patchy bibasilar airspace disease.",
      ("bilateral", "basal", "patchy", "mild"), ("airspace disease",), (), ()),
-    # Indiana CXR160: "probable ... versus atelectasis" is a differential -> uncertain
+    # Indiana CXR160: "probable ... versus atelectasis" is a differential: the finding is hedged, but
+    # its place is seen, so "left basilar" counts (MeSH: Infiltrate/lung/base/left); no "bilateral",
+    # since left and right belong to two different mentions
     ("Patchy right lower lobe infiltrate as well as probable left basilar infiltrate versus atelectasis.",
-     ("right", "lower", "patchy"), ("infiltrate",), (), ("left", "basal")),
+     ("left", "right", "lower", "basal", "patchy"), ("infiltrate",), (), ()),
     # Indiana CXR594: "both lung bases"
     ("There are streaky opacities in both lung bases which may represent atelectasis or scarring.",
      ("bilateral", "basal", "streaky"), ("opacity",), (), ()),
@@ -49,6 +51,26 @@ REAL = [
      ("bilateral", "basal"), ("airspace disease",), (), ()),
     # Indiana CXR278: a negation list
     ("No pneumothorax, pleural effusion, or focal airspace disease.", (), (), ("airspace disease",), ()),
+    # vocabulary 3 --------------------------------------------------------------------------------
+    # Indiana CXR504: "left base" is one phrase; the comma keeps "base" off the scarring after it
+    ("Stable XXXX opacity in the left base, XXXX scarring or atelectasis.",
+     ("left", "basal"), ("opacity",), (), ()),
+    # Indiana CXR1200: juxtahilar / suprahilar / infrahilar -> perihilar
+    ("Small right juxtahilar opacity may represent infiltrate.",
+     ("right", "perihilar", "mild"), ("opacity",), (), ()),
+    # Indiana CXR3850: a nipple shadow is not an opacity, and adjacent anchors are not coordinated
+    ("Bilateral nipple shadows seen overlying the anterior 6th ribs.", (), (), (), ()),
+    # Indiana CXR1666: "most notably in" hands the location back across the comma
+    ("There are scattered bilateral XXXX opacities, most notably in the right middle lobe, XXXX XXXX of "
+     "subsegmental atelectasis.", ("right", "bilateral", "middle", "multifocal"), ("opacity",), (), ()),
+    # Indiana CXR2396: "most prominent" is not the other finding "prominent"
+    ("There are bilateral opacities most prominent in the lower lobes bilaterally.",
+     ("bilateral", "lower"), ("opacity",), (), ()),
+    # Indiana CXR2370: a post-modifier covers both coordinated findings
+    ("In the interval, consolidation and atelectasis have developed in the right lower lobe.",
+     ("right", "lower"), ("consolidation",), (), ()),
+    # Indiana CXR3292: a plural lobe after one named side is that lung only
+    ("Opacity within the right middle and lower lobes.", ("right", "middle", "lower"), ("opacity",), (), ()),
     # COVID-19 notes
     ("diffuse infiltrates in the bilateral lower lungs",
      ("bilateral", "lower", "diffuse"), ("infiltrate",), (), ()),
@@ -96,6 +118,29 @@ def test_states(text, state):
         assert r.uncertain_findings and not r.findings and not r.pneumonia_positive
     else:  # history: neither present, uncertain nor negated
         assert r == ReportAttributes()
+
+
+@pytest.mark.parametrize("text,present,uncertain_findings", [
+    # Indiana CXR924 and CXR188: one side of a differential ("/", "or", "versus"): attributes present,
+    # the finding itself uncertain (not pneumonia-positive)
+    ("Bibasilar atelectasis/infiltrate.", ("bilateral", "basal"), ("infiltrate",)),
+    ("Left lung base atelectasis/airspace disease.", ("left", "basal"), ("airspace disease",)),
+    # Indiana CXR816
+    ("Left lower lobe atelectasis or pneumonia with small pleural effusion.", ("left", "lower"),
+     ("pneumonia",)),
+])
+def test_differential_keeps_the_place_and_hedges_the_finding(text, present, uncertain_findings):
+    r = extract_attributes(text)
+    assert r.attributes == present and r.uncertain_attributes == ()
+    assert r.findings == () and not r.pneumonia_positive
+    assert r.uncertain_findings == uncertain_findings
+
+
+def test_a_question_mark_still_hedges_the_attributes():
+    r = extract_attributes("? right basilar pneumonia")
+    assert r.attributes == () and r.uncertain_attributes == ("right", "basal")
+    r = extract_attributes("Possible left lower lobe atelectasis versus infiltrate.")
+    assert r.attributes == () and r.uncertain_attributes == ("left", "lower")
 
 
 def test_uncertain_attributes_exclude_present_ones():
