@@ -88,7 +88,8 @@ def train_plain(cfg: GroundingConfig, table: pa.Table, vectors, log=print) -> tu
     history: list[dict] = []
     best, best_loss = None, math.inf
     kw = dict(beta=cfg.loss.beta, use_classification=cfg.loss.use_classification, bce_weight=cfg.loss.bce_weight,
-              negative_rois=cfg.loss.negative_rois)
+              negative_rois=cfg.loss.negative_rois, alpha_distill=cfg.loss.alpha_distill,
+              alpha_distill_temperature=cfg.loss.alpha_distill_temperature)
     for epoch in range(cfg.optim.max_epochs):
         if engine.should_stop([h[engine.VAL_LOSS] for h in history], cfg.optim.early_stop_patience,
                               cfg.optim.early_stop_min_rel_change):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from grounding.config import SimilarityNorm
+from grounding.config import SimilarityNorm, SRoiPooling
 
 EPS = 1e-8
 
@@ -124,6 +124,7 @@ def cross_attention(
     lambda_a: float,
     lambda_b: float,
     eps: float = EPS,
+    s_roi_pooling: SRoiPooling = SRoiPooling.MEAN,
 ) -> CrossAttention:
     """Cross-attention of design.md 1.4, batched with padding masks (no per-study loop).
 
@@ -136,6 +137,8 @@ def cross_attention(
         norm: SCAN similarity normalisation.
         lambda_a: softmax temperature over attributes.
         lambda_b: softmax temperature over ROIs.
+        s_roi_pooling: ``mean`` (the paper: S_roi = mean_i R_roi_i, where alpha does not appear) or the
+            extension ``alpha`` (S_roi = sum_i alpha_i R_roi_i, so the ROI-side triplet term trains alpha).
 
     Returns:
         :class:`CrossAttention` with every intermediate.
@@ -156,7 +159,7 @@ def cross_attention(
     return CrossAttention(
         s=s, a=a, b=b, attended_image=attended_image, attended_text=attended_text,
         r_text=r_text, r_roi=r_roi,
-        s_roi=masked_mean(r_roi, roi_mask, 1),
+        s_roi=(alpha * r_roi).sum(1) if SRoiPooling(s_roi_pooling) is SRoiPooling.ALPHA else masked_mean(r_roi, roi_mask, 1),
         s_text=masked_mean(r_text, attr_mask, 1),
     )
 

@@ -43,6 +43,15 @@ class ClassifierInput(str, enum.Enum):
     PER_ROI_LOGITS = "per_roi_logits"
 
 
+class SRoiPooling(str, enum.Enum):
+    """How S_roi(I, T) pools the per-ROI relevances R_roi_i (design.md 1.4)."""
+
+    MEAN = "mean"  # the paper: mean_i R_roi_i (alpha does not appear, so this term never trains alpha)
+    # Extension (not the paper): sum_i alpha_i R_roi_i, so the ROI-side triplet term rewards alpha for
+    # the ROIs whose content matches this report's words better than the negative ROIs do.
+    ALPHA = "alpha"
+
+
 class NegativeRois(str, enum.Enum):
     """Which ROIs play I_n in the ROI-side triplet term."""
 
@@ -318,6 +327,7 @@ class ModelConfig:
     # Alpha's candidates: ROIs whose box covers at most this fraction of the image (1.0 = every ROI). An
     # image without such a ROI keeps them all. A choice of pool the paper leaves open.
     max_roi_area: float = 0.2  # 0.2: the 95th percentile of site A's expert box areas (README "Localization")
+    s_roi_pooling: SRoiPooling = SRoiPooling.MEAN  # alpha: an extension (see SRoiPooling)
 
     def validate(self, prefix: str) -> None:
         _check(self.roi_hidden >= 0, f"{prefix}.roi_hidden", "must be >= 0")
@@ -336,10 +346,18 @@ class LossConfig:
     use_classification: bool = True  # False = the paper's "without classification" ablation
     bce_weight: float = 1.0
     negative_rois: NegativeRois = NegativeRois.OTHER_STUDY  # I_n of the ROI-side term (README "Localization")
+    # Extension (not the paper; 0 = off): weight of KL(q || alpha), q = softmax over alpha's candidates of
+    # alpha_distill_temperature * R_roi computed with the study's own report (detached). Alpha, which sees
+    # only the image, learns to predict which ROIs the report describes (self-distillation).
+    alpha_distill: float = 0.0
+    alpha_distill_temperature: float = 9.0
 
     def validate(self, prefix: str) -> None:
         _check(0.0 <= self.beta <= 4.0, f"{prefix}.beta", "must be in [0, 4]")
         _check(self.bce_weight >= 0.0, f"{prefix}.bce_weight", "must be >= 0")
+        _check(self.alpha_distill >= 0.0, f"{prefix}.alpha_distill", "must be >= 0 (0 = off)")
+        _check(0.0 < self.alpha_distill_temperature <= 100.0, f"{prefix}.alpha_distill_temperature",
+               "must be in (0, 100]")
 
 
 @dataclass(frozen=True)
@@ -614,6 +632,10 @@ def paper_extensions(cfg: GroundingConfig) -> list[str]:
         out.append(f"model.classifier_input={ClassifierInput(cfg.model.classifier_input).value}")
     if cfg.model.score_prior:
         out.append("model.score_prior=true")
+    if SRoiPooling(cfg.model.s_roi_pooling) is not SRoiPooling.MEAN:
+        out.append(f"model.s_roi_pooling={SRoiPooling(cfg.model.s_roi_pooling).value}")
+    if cfg.loss.alpha_distill > 0:
+        out.append(f"loss.alpha_distill={cfg.loss.alpha_distill:g}")
     return out
 
 

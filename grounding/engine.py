@@ -94,6 +94,8 @@ def train_one_epoch(
     max_consecutive_nonfinite: int = 3,
     device: torch.device | str = "cpu",
     negative_rois: NegativeRois = NegativeRois.LOWEST_SCORED,
+    alpha_distill: float = 0.0,
+    alpha_distill_temperature: float = 9.0,
 ) -> EpochStats:
     """One pass over ``batches``; a non-finite loss skips the step (counted).
 
@@ -106,6 +108,7 @@ def train_one_epoch(
         max_consecutive_nonfinite: raise :class:`NonFiniteLossError` after this many in a row.
         device: where tensors go.
         negative_rois: which ROIs play I_n (``RoiBatch.with_other_study_negatives``).
+        alpha_distill, alpha_distill_temperature: the extension term of ``grounding.losses`` (0 = off).
 
     Returns:
         :class:`EpochStats` with sample-weighted mean losses over the steps taken.
@@ -121,7 +124,8 @@ def train_one_epoch(
         if batch is not None and len(batch):
             batch = _with_negatives(batch.to(device), negative_rois)
             out = model(**batch.model_inputs())
-            parts = output_loss(out, batch.targets, beta, use_classification, bce_weight)
+            parts = output_loss(out, batch.targets, beta, use_classification, bce_weight,
+                                alpha_distill, alpha_distill_temperature)
         finite = parts is not None and bool(torch.isfinite(parts.total).item())
         if not _all_ranks_ok(finite, device):
             optimizer.zero_grad(set_to_none=True)
@@ -172,6 +176,8 @@ def evaluate_epoch(
     bce_weight: float,
     device: torch.device | str = "cpu",
     negative_rois: NegativeRois = NegativeRois.LOWEST_SCORED,
+    alpha_distill: float = 0.0,
+    alpha_distill_temperature: float = 9.0,
 ) -> EvalStats:
     """Validation: mean losses (non-finite batches excluded), attribute probabilities and macro AUC."""
     device = torch.device(device)
@@ -184,7 +190,8 @@ def evaluate_epoch(
             continue
         batch = _with_negatives(batch.to(device), negative_rois)
         out = model(**batch.model_inputs())
-        parts = output_loss(out, batch.targets, beta, use_classification, bce_weight)
+        parts = output_loss(out, batch.targets, beta, use_classification, bce_weight,
+                            alpha_distill, alpha_distill_temperature)
         probs.append(out.probabilities.float().cpu().numpy())
         targets.append(batch.targets.cpu().numpy())
         if torch.isfinite(parts.total):

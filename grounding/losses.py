@@ -62,6 +62,38 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
 
 
+def alpha_distillation(
+    alpha: torch.Tensor,
+    r_roi: torch.Tensor,
+    candidates: torch.Tensor,
+    has_text: torch.Tensor,
+    temperature: float,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Extension: mean over studies with text of KL(q || alpha), q = softmax_i(temperature * R_roi_i).
+
+    q is what the report says about the ROIs (R_roi with the study's own words) and is detached: only
+    alpha, which sees the image alone, learns from it. Both are distributions over ``candidates``.
+
+    Args:
+        alpha: (B, K) ROI attention (0 outside the candidates).
+        r_roi: (B, K) R_roi_i with the study's own report.
+        candidates: (B, K) bool, the ROIs alpha may attend to.
+        has_text: (B,) bool, studies with at least one attribute (others contribute 0).
+        temperature: sharpness of q.
+
+    Returns:
+        Scalar loss (0 when no study has text).
+    """
+    candidates = candidates.bool()
+    logits = (temperature * r_roi.detach()).masked_fill(~candidates, float("-inf"))
+    q = torch.softmax(logits, dim=1).masked_fill(~candidates, 0.0)
+    log_ratio = torch.log(q.clamp_min(eps)) - torch.log(alpha.clamp_min(eps))
+    per_study = (q * log_ratio).sum(1)
+    w = has_text.to(per_study.dtype)
+    return (per_study * w).sum() / w.sum().clamp_min(1.0)
+
+
 def grounding_loss(
     s_roi: torch.Tensor,
     s_roi_neg: torch.Tensor,
@@ -73,13 +105,16 @@ def grounding_loss(
     beta: float,
     use_classification: bool,
     bce_weight: float,
+    distill: torch.Tensor | None = None,
 ) -> LossParts:
-    """L = L_trip + bce_weight * L_BCE; the "without classification" ablation drops the BCE term.
+    """L = L_trip + bce_weight * L_BCE (+ an extension's weighted ``distill`` term, if given).
 
-    The BCE is still computed (and reported) when ``use_classification`` is False, but detached so
-    it does not train anything.
+    The "without classification" ablation drops the BCE term: it is still computed (and reported) when
+    ``use_classification`` is False, but detached so it does not train anything.
     """
     trip = triplet_loss(s_roi, s_roi_neg, s_text, s_text_neg, has_text, beta)
+    if distill is not None:
+        trip = trip + distill
     bce = bce_loss(logits, targets)
     if use_classification:
         total = trip + bce_weight * bce
@@ -89,14 +124,22 @@ def grounding_loss(
     return LossParts(total=total, triplet=trip, bce=bce)
 
 
-def output_loss(output, targets: torch.Tensor, beta: float, use_classification: bool, bce_weight: float) -> LossParts:
-    """:func:`grounding_loss` on a :class:`grounding.model.GroundingOutput` with text and negatives."""
+def output_loss(output, targets: torch.Tensor, beta: float, use_classification: bool, bce_weight: float,
+                alpha_distill: float = 0.0, alpha_distill_temperature: float = 9.0) -> LossParts:
+    """:func:`grounding_loss` on a :class:`grounding.model.GroundingOutput` with text and negatives.
+
+    ``alpha_distill`` > 0 adds that weight times :func:`alpha_distillation` (an extension; 0 = the paper).
+    """
     if output.s_roi is None or output.s_roi_neg is None:
         raise ValueError("the output has no similarities: call the model with attributes and negative ROIs")
+    distill = None
+    if alpha_distill > 0:
+        distill = alpha_distill * alpha_distillation(output.alpha, output.r_roi, output.candidates, output.has_text,
+                                                     alpha_distill_temperature)
     return grounding_loss(
         output.s_roi, output.s_roi_neg, output.s_text, output.s_text_neg, output.has_text,
-        output.logits, targets, beta, use_classification, bce_weight,
+        output.logits, targets, beta, use_classification, bce_weight, distill,
     )
 
 
-__all__ = ["LossParts", "bce_loss", "grounding_loss", "output_loss", "triplet_loss", "triplet_terms"]
+__all__ = ["LossParts", "alpha_distillation", "bce_loss", "grounding_loss", "output_loss", "triplet_loss", "triplet_terms"]

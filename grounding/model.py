@@ -19,7 +19,7 @@ import torch.nn as nn
 import torchvision
 
 from grounding.attention import cross_attention, masked_softmax
-from grounding.config import ClassifierInput, SimilarityNorm
+from grounding.config import ClassifierInput, SimilarityNorm, SRoiPooling
 from grounding.vocabulary import NUM_ATTRIBUTES
 
 
@@ -35,6 +35,8 @@ class GroundingOutput:
         s_roi_neg: (B,) S_roi(I_n, T) on the negative ROIs; None without them.
         s_text_neg: (B,) S_text(I, T_n) with the negative words; None without attributes.
         has_text: (B,) bool, the study has at least one attribute; None without attributes.
+        r_roi: (B, K) R_roi_i with the study's own report; None without attributes.
+        candidates: (B, K) bool, the ROIs alpha may attend to (``max_roi_area``).
     """
 
     phi: torch.Tensor
@@ -45,6 +47,8 @@ class GroundingOutput:
     s_roi_neg: Optional[torch.Tensor] = None
     s_text_neg: Optional[torch.Tensor] = None
     has_text: Optional[torch.Tensor] = None
+    r_roi: Optional[torch.Tensor] = None
+    candidates: Optional[torch.Tensor] = None
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -90,6 +94,7 @@ class GroundingModel(nn.Module):
             ranking and learns a correction to it (off = the paper).
         max_roi_area: alpha attends only to ROIs whose normalised box area is at most this (an image
             without one keeps all); 1.0 = every ROI (the paper).
+        s_roi_pooling: ``mean`` (the paper) or the extension ``alpha`` (``grounding.config.SRoiPooling``).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class GroundingModel(nn.Module):
         classifier_input: ClassifierInput = ClassifierInput.POOLED_FEATURES,
         score_prior: bool = False,
         max_roi_area: float = 1.0,
+        s_roi_pooling: SRoiPooling = SRoiPooling.MEAN,
     ) -> None:
         super().__init__()
         wv = torch.as_tensor(np.asarray(word_vectors), dtype=torch.float32)
@@ -126,6 +132,7 @@ class GroundingModel(nn.Module):
         self.classifier_input = ClassifierInput(classifier_input)
         self.score_prior = bool(score_prior)
         self.max_roi_area = float(max_roi_area)
+        self.s_roi_pooling = SRoiPooling(s_roi_pooling)
         self.embed = RoiEmbedding(feature_dim, embed_dim, roi_hidden, geometry_dim)
         self.alpha_mlp = nn.Sequential(nn.Linear(embed_dim, alpha_hidden), nn.Tanh(), nn.Linear(alpha_hidden, 1))
         layers: list[nn.Module] = []
@@ -146,7 +153,7 @@ class GroundingModel(nn.Module):
             small = mask & (area <= self.max_roi_area)
             mask = torch.where(small.any(1, keepdim=True), small, mask)
         alpha = masked_softmax(logits, mask, dim=1)  # (B, K)
-        return phi, alpha
+        return phi, alpha, mask
 
     def forward(
         self,
@@ -174,12 +181,12 @@ class GroundingModel(nn.Module):
             :class:`GroundingOutput`; similarity fields are filled when attributes are given.
         """
         roi_mask = roi_mask.bool()
-        phi, alpha = self._image(roi_features, roi_boxes, roi_scores, roi_mask)
+        phi, alpha, candidates = self._image(roi_features, roi_boxes, roi_scores, roi_mask)
         if self.classifier_input is ClassifierInput.PER_ROI_LOGITS:
             logits = (alpha.unsqueeze(-1) * self.classifier(phi)).sum(1)  # (B, 22)
         else:
             logits = self.classifier((alpha.unsqueeze(-1) * phi).sum(1))  # v = sum_i alpha_i phi_i
-        out = GroundingOutput(phi=phi, alpha=alpha, logits=logits)
+        out = GroundingOutput(phi=phi, alpha=alpha, logits=logits, candidates=candidates)
         if attribute_ids is None:
             return out
         if attribute_mask is None:
@@ -188,16 +195,18 @@ class GroundingModel(nn.Module):
         ids = attribute_ids.long().clamp(0, NUM_ATTRIBUTES - 1)
         m = self.word_vectors[ids]  # (B, M, d)
         m_neg = self.negative_vectors[ids]
-        kw = dict(norm=self.similarity_norm, lambda_a=self.lambda_a, lambda_b=self.lambda_b)
+        kw = dict(norm=self.similarity_norm, lambda_a=self.lambda_a, lambda_b=self.lambda_b,
+                  s_roi_pooling=self.s_roi_pooling)
         pos = cross_attention(phi, alpha, roi_mask, m, attr_mask, **kw)
         neg_text = cross_attention(phi, alpha, roi_mask, m_neg, attr_mask, **kw)
         out.s_roi, out.s_text, out.s_text_neg = pos.s_roi, pos.s_text, neg_text.s_text
         out.has_text = attr_mask.any(1)
+        out.r_roi = pos.r_roi
         if neg_roi_features is not None:
             if neg_roi_boxes is None or neg_roi_scores is None or neg_roi_mask is None:
                 raise ValueError("negative ROIs need features, boxes, scores and mask")
             n_mask = neg_roi_mask.bool()
-            phi_n, alpha_n = self._image(neg_roi_features, neg_roi_boxes, neg_roi_scores, n_mask)
+            phi_n, alpha_n, _ = self._image(neg_roi_features, neg_roi_boxes, neg_roi_scores, n_mask)
             out.s_roi_neg = cross_attention(phi_n, alpha_n, n_mask, m, attr_mask, **kw).s_roi
         return out
 
@@ -225,7 +234,7 @@ def build_model(feature_dim: int, word_vectors, negative_vectors, model_cfg) -> 
         similarity_norm=model_cfg.similarity_norm, lambda_a=model_cfg.lambda_a,
         lambda_b=model_cfg.lambda_b, dropout=model_cfg.dropout,
         classifier_input=model_cfg.classifier_input, score_prior=model_cfg.score_prior,
-        max_roi_area=model_cfg.max_roi_area,
+        max_roi_area=model_cfg.max_roi_area, s_roi_pooling=model_cfg.s_roi_pooling,
     )
 
 

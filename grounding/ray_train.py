@@ -195,13 +195,15 @@ def train_fn_per_worker(config: dict) -> None:
         tr = engine.train_one_epoch(
             model, optimizer, train_batches, beta=cfg.loss.beta,
             use_classification=cfg.loss.use_classification, bce_weight=cfg.loss.bce_weight,
-            negative_rois=cfg.loss.negative_rois, grad_clip=cfg.optim.grad_clip,
+            negative_rois=cfg.loss.negative_rois, alpha_distill=cfg.loss.alpha_distill,
+            alpha_distill_temperature=cfg.loss.alpha_distill_temperature, grad_clip=cfg.optim.grad_clip,
             max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite, device=device,
         )
         va = engine.evaluate_epoch(
             _unwrap(model), val_batches,
             beta=cfg.loss.beta, use_classification=cfg.loss.use_classification,
             bce_weight=cfg.loss.bce_weight, device=device, negative_rois=cfg.loss.negative_rois,
+            alpha_distill=cfg.loss.alpha_distill, alpha_distill_temperature=cfg.loss.alpha_distill_temperature,
         )
         metrics = engine.epoch_metrics(epoch, tr, va)
         metrics["train_samples"] = tr.samples

@@ -46,6 +46,13 @@ VARIANTS = [
     Variant("adopted_lambda_b_20", {**ADOPTED, "model.lambda_b": 20.0}, note="sharper softmax over ROIs (default 9)"),
     Variant("adopted_lambda_a_9", {**ADOPTED, "model.lambda_a": 9.0}, note="sharper softmax over words (default 4)"),
     Variant("adopted_epochs_185", {**ADOPTED, "optim.max_epochs": 185}, note="the paper's cap; early stopping decides"),
+    # round 2, extensions aimed at the diagnosis (S_roi has no alpha in it; alpha never sees the report)
+    Variant("adopted_score_prior", {**ADOPTED, "model.score_prior": True}, paper=False,
+            note="log s_i added to alpha's logits"),
+    Variant("adopted_s_roi_alpha", {**ADOPTED, "model.s_roi_pooling": "alpha"}, paper=False,
+            note="S_roi = sum_i alpha_i R_roi_i: the ROI-side triplet term trains alpha"),
+    Variant("adopted_alpha_distill", {**ADOPTED, "loss.alpha_distill": 1.0}, paper=False,
+            note="+ KL(softmax(9 R_roi) || alpha): alpha learns the report-conditioned ranking"),
 ]
 
 

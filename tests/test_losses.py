@@ -60,3 +60,33 @@ def test_other_study_negatives_are_the_next_studys_positive_rois():
             torch.testing.assert_close(neg[b], getattr(batch, name)[(b - 1) % 4])
     torch.testing.assert_close(rolled.roi_features, batch.roi_features)  # positives untouched
     assert not torch.equal(batch.neg_roi_features, rolled.neg_roi_features)
+
+
+def test_alpha_distillation_is_zero_at_the_target_and_trains_only_alpha():
+    from grounding.losses import alpha_distillation
+
+    r_roi = torch.tensor([[0.9, 0.1, -0.3, 0.5]], requires_grad=True)
+    cand = torch.tensor([[True, True, True, False]])  # ROI 3 is not a candidate: ignored even with high R_roi
+    q = torch.softmax(9.0 * r_roi.detach()[:, :3], 1)
+    at_target = torch.cat([q, torch.zeros(1, 1)], 1)
+    assert alpha_distillation(at_target, r_roi, cand, torch.tensor([True]), 9.0).item() == pytest.approx(0, abs=1e-6)
+    alpha = torch.tensor([[0.2, 0.5, 0.3, 0.0]], requires_grad=True)
+    loss = alpha_distillation(alpha, r_roi, cand, torch.tensor([True]), 9.0)
+    expected = float((q[0] * (q[0].log() - alpha.detach()[0, :3].log())).sum())
+    assert loss.item() == pytest.approx(expected, rel=1e-5) and loss.item() > 0
+    loss.backward()
+    assert r_roi.grad is None  # the report side is the teacher: detached
+    assert alpha.grad[0, 0] < 0  # more alpha on the ROI the report describes lowers the loss
+
+
+def test_alpha_distillation_ignores_studies_without_text():
+    from grounding.losses import alpha_distillation
+
+    alpha = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    r_roi = torch.tensor([[1.0, -1.0], [1.0, -1.0]])
+    cand = torch.ones(2, 2, dtype=torch.bool)
+    both = alpha_distillation(alpha, r_roi, cand, torch.tensor([True, True]), 4.0)
+    first = alpha_distillation(alpha[:1], r_roi[:1], cand[:1], torch.tensor([True]), 4.0)
+    only_first = alpha_distillation(alpha, r_roi, cand, torch.tensor([True, False]), 4.0)
+    assert only_first.item() == pytest.approx(first.item()) and both.item() != pytest.approx(first.item())
+    assert alpha_distillation(alpha, r_roi, cand, torch.tensor([False, False]), 4.0).item() == 0.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grounding.attention import cross_attention
-from grounding.config import ModelConfig, SimilarityNorm
+from grounding.config import ModelConfig, SimilarityNorm, SRoiPooling
 from grounding.model import GroundingModel, GroundingOutput, build_model, localize
 
 
@@ -139,3 +139,31 @@ def test_max_roi_area_keeps_alpha_off_large_boxes():
     assert alpha[0, 1] == 0 and float(alpha[0, [0, 2]].sum()) == pytest.approx(1.0)  # area 0.81 > 0.1
     assert (alpha[1] > 0).all()  # no ROI small enough: every ROI stays a candidate
     torch.testing.assert_close(_model().eval()(**x).alpha.sum(1), torch.ones(2))
+
+
+def _alpha_grad_of_s_roi(pooling):
+    model = _model(s_roi_pooling=pooling)
+    x = _inputs()
+    ids = torch.tensor([[3, 5], [7, 1]])
+    out = model(**x, attribute_ids=ids, attribute_mask=torch.ones(2, 2, dtype=torch.bool))
+    out.s_roi.sum().backward()
+    return sum(float(p.grad.abs().sum()) for p in model.alpha_mlp.parameters() if p.grad is not None), out
+
+
+def test_paper_s_roi_never_trains_alpha_and_the_alpha_pooling_extension_does():
+    # design.md 1.4: S_roi = mean_i R_roi_i has no alpha in it (localization-notes.md); the extension does.
+    grad_mean, out = _alpha_grad_of_s_roi(SRoiPooling.MEAN)
+    assert grad_mean == 0.0
+    torch.testing.assert_close(out.s_roi, out.r_roi.mean(1))
+    grad_alpha, out = _alpha_grad_of_s_roi(SRoiPooling.ALPHA)
+    assert grad_alpha > 0.0
+    torch.testing.assert_close(out.s_roi, (out.alpha * out.r_roi).sum(1))
+
+
+def test_output_carries_r_roi_and_alpha_candidates():
+    model = _model(max_roi_area=0.1).eval()
+    x = _inputs(b=1, k=3)
+    x["roi_boxes"] = torch.tensor([[[0, 0, 0.2, 0.2], [0, 0, 0.9, 0.9], [0.5, 0.5, 0.7, 0.8]]])
+    out = model(**x, attribute_ids=torch.tensor([[2]]), attribute_mask=torch.ones(1, 1, dtype=torch.bool))
+    assert out.candidates.tolist() == [[True, False, True]]
+    assert out.r_roi.shape == (1, 3)
