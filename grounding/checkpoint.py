@@ -19,6 +19,7 @@ truncated or non-weights-only file raises :class:`CheckpointError` saying what t
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import zipfile
@@ -74,8 +75,12 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 def save_file(path: str | Path, payload: Mapping[str, Any]) -> str:
     """``torch.save`` atomically, then write the sha256 sidecar (atomically, last). Returns the sha."""
     path = Path(path)
+    buf = io.BytesIO()
+    # Serialised in memory, then written by Python: on a full disk torch.save to a path fails with an
+    # opaque "unexpected pos" RuntimeError, a plain write with OSError(ENOSPC) the jobs can explain.
+    torch.save(dict(payload), buf)
     with atomic_path(path) as tmp:
-        torch.save(dict(payload), tmp)
+        tmp.write_bytes(buf.getbuffer())
         digest = sha256_file(tmp)
     atomic_write_text(sidecar(path), f"{digest}  {path.name}\n")
     return digest

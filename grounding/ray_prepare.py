@@ -82,10 +82,17 @@ def run_prepare(manifest: pa.Table, out_dir: str, options: PrepareOptions, batch
     staging = storage.join(out_dir, f"_images-{run_tag}") if not storage.is_uri(out_dir) else images_dir
     storage.makedirs(quarantine_dir)
 
-    if PrepareEngine(engine) is PrepareEngine.RAY_TASKS:
-        _run_tasks(rows, staging, options, quarantine_dir, rows_per_shard, cpus)
-    else:
-        _run_ray_data(rows, staging, options, quarantine_dir, batch_size, rows_per_shard, blocks)
+    try:
+        if PrepareEngine(engine) is PrepareEngine.RAY_TASKS:
+            _run_tasks(rows, staging, options, quarantine_dir, rows_per_shard, cpus)
+        else:
+            _run_ray_data(rows, staging, options, quarantine_dir, batch_size, rows_per_shard, blocks)
+    except BaseException:
+        # A failed run (a full disk) must not leave its partial shards behind to hold the space.
+        if not storage.is_uri(out_dir):
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(quarantine_dir, ignore_errors=True)
+        raise
 
     if staging != images_dir:  # swap the finished folder in; a crashed run leaves the old one intact
         if Path(images_dir).exists():

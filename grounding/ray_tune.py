@@ -244,9 +244,12 @@ def _run_search_here(space: SearchSpace, cfg: GroundingConfig, rois: str, word_v
                 name=name, storage_path=storage,
                 failure_config=ray.tune.FailureConfig(max_failures=space.max_failures)),
         )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prior_wall = tr.start_timing(out_dir, exp_path, time.time())
     t0 = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - t0
+    tr.end_timing(out_dir, time.time())
     rows = _rows(results, space, out_dir / "train", cfg.optim.max_epochs)
     outcome = SearchOutcome(out_dir=str(out_dir), experiment_path=exp_path, rows=rows, restored=restored)
     tr.write_results(rows, out_dir)
@@ -257,7 +260,7 @@ def _run_search_here(space: SearchSpace, cfg: GroundingConfig, rois: str, word_v
         sampled = next(decode_overrides(((r.config or {}).get("overrides")) or {})
                        for r in results if _trial_id_of(r) == best["trial_id"])
         outcome.best_yaml = str(tr.write_best(cfg, best, sampled, space, out_dir))
-    outcome.summary = tr.summarise(rows, space, wall)
+    outcome.summary = tr.summarise(rows, space, wall, prior_wall)
     atomic_write_text(out_dir / "summary.json", json.dumps(outcome.summary, indent=2, default=str))
     return outcome
 

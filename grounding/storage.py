@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -65,6 +66,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def disk_full_error(err: BaseException | str) -> BaseException | str | None:
+    """The "no space left on device" error inside ``err`` (its cause chain, Ray's wrapped causes), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err):
+            return err
+        err = (getattr(err, "__cause__", None) or getattr(err, "cause", None)
+               or getattr(err, "__context__", None))
+    return None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

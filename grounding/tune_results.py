@@ -168,13 +168,45 @@ def plot_metric_vs_params(rows: Sequence[Mapping[str, Any]], space: SearchSpace,
     return save_figure(fig, str(path))
 
 
-def summarise(rows: Sequence[Mapping[str, Any]], space: SearchSpace, wall_s: float) -> dict[str, Any]:
+TIMING_FILE = "timing.json"
+
+
+def start_timing(out_dir: str | Path, experiment_dir: str | Path, now: float) -> float:
+    """Record this run's start; return the wall seconds the earlier runs of the experiment took.
+
+    A restored search has only part of its trials finished in this run, so trials/hour needs the
+    time of every run. An earlier run that was killed has no end recorded: it ended, at the latest,
+    when Tune last wrote its experiment state.
+    """
+    path = Path(out_dir) / TIMING_FILE
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    if runs and runs[-1].get("end") is None:
+        states = list(Path(experiment_dir).glob("experiment_state-*.json")) if "://" not in str(experiment_dir) else []
+        runs[-1]["end"] = max([runs[-1]["start"]] + [f.stat().st_mtime for f in states])
+    prior = sum(r["end"] - r["start"] for r in runs)
+    atomic_write_text(path, json.dumps({"runs": runs + [{"start": now, "end": None}]}))
+    return prior
+
+
+def end_timing(out_dir: str | Path, now: float) -> None:
+    path = Path(out_dir) / TIMING_FILE
+    runs = json.loads(path.read_text())["runs"]
+    runs[-1]["end"] = now
+    atomic_write_text(path, json.dumps({"runs": runs}))
+
+
+def summarise(rows: Sequence[Mapping[str, Any]], space: SearchSpace, wall_s: float,
+              prior_wall_s: float = 0.0) -> dict[str, Any]:
+    """Counts, best trial and trials/hour: finished trials over the wall time of every run of the
+    search (``prior_wall_s``: the runs before a restore), not of this run alone."""
     ranked = rank_rows(rows, space)
     finished = sum(r["status"] == TERMINATED for r in rows)
+    total = wall_s + prior_wall_s
     return {
         "trials": len(rows), "terminated": finished, "errored": sum(r["status"] == ERROR for r in rows),
         "stopped_early": sum(bool(r["stopped_early"]) for r in rows), "wall_s": round(wall_s, 1),
-        "trials_per_hour": round(finished / wall_s * 3600.0, 1) if wall_s > 0 else None,
+        "wall_s_all_runs": round(total, 1),
+        "trials_per_hour": round(finished / total * 3600.0, 1) if total > 0 else None,
         "best_trial": ranked[0]["trial_id"] if ranked else None,
         score_column(space): ranked[0][score_column(space)] if ranked else None,
     }

@@ -38,6 +38,9 @@ def build_config(args: argparse.Namespace) -> GroundingConfig:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    from rayjobs import _disk_full
+
+    _disk_full.install()  # every job calls this first: a full disk then ends it with one clear line
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

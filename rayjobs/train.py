@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 
+from rayjobs import _disk_full
 from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging
 
 log = logging.getLogger("grounding.train")
@@ -64,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - Ray wraps worker errors (TrainingFailedError); say it and fail
-        print(f"train: run failed: {err}", file=sys.stderr)
+        print(_disk_full.message(err, "train") or f"train: run failed: {err}", file=sys.stderr)
         return 1
     if result.error:
-        print(f"train: run {result.run_id} failed: {result.error}", file=sys.stderr)
+        print(_disk_full.message(result.error, "train") or f"train: run {result.run_id} failed: {result.error}",
+              file=sys.stderr)
         return 1
     last = result.history[-1] if result.history else {}
     print(json.dumps({"run_id": result.run_id, "model": result.model_path, "run_dir": result.run_dir,

@@ -7,6 +7,7 @@ be killed for real. Slow: each Train run has ~15-25 s of fixed Ray cost on 2 CPU
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -139,3 +140,56 @@ def test_sigkilled_search_restores_without_rerunning_finished_trials(tmp_path):
     assert set(final.values()) == {"TERMINATED"}
     assert all(_attempts(work, name, t) == 1 for t in finished_before)  # finished trials not re-run
     assert _trial_states(storage, name) == final
+
+
+# -- no Ray: trials/hour over restores, and the searcher fallback -------------------------------------
+def _space():
+    from grounding.search_space import parse_space
+
+    return parse_space({"metric": "val_attribute_auc", "mode": "max", "num_samples": 4, "search_alg": "hyperopt",
+                        "params": {"optim.lr": {"loguniform": [1e-3, 3e-2]}}})
+
+
+def test_trials_per_hour_after_a_restore_counts_the_time_of_every_run(tmp_path):
+    """4 trials finished in a 30-minute run that was killed, then a 60 s restore re-ran nothing:
+    4 trials in 31 minutes (7.7/h), not 4 in 60 s (240/h)."""
+    from grounding import tune_results as tr
+
+    out, exp = tmp_path / "out", tmp_path / "exp"
+    out.mkdir()
+    exp.mkdir()
+    assert tr.start_timing(out, exp, now=1000.0) == 0.0  # first run, then SIGKILL: no end recorded
+    state = exp / "experiment_state-2026.json"
+    state.write_text("{}")
+    os.utime(state, (2800.0, 2800.0))  # Tune's last write before the kill
+    assert tr.start_timing(out, exp, now=5000.0) == pytest.approx(1800.0)  # the restore
+    tr.end_timing(out, now=5060.0)
+    space = _space()
+    hist = [{"epoch": 0, "val_attribute_auc": 0.6}]
+    rows = [tr.trial_row(f"t{i}", tr.TERMINATED, {"optim.lr": 0.01}, hist, space, 1) for i in range(4)]
+    summary = tr.summarise(rows, space, wall_s=60.0, prior_wall_s=1800.0)
+    assert summary["trials_per_hour"] == pytest.approx(4 / 1860 * 3600, abs=0.1)
+    assert summary["wall_s"] == 60.0 and summary["wall_s_all_runs"] == 1860.0
+    assert tr.start_timing(out, exp, now=9000.0) == pytest.approx(1860.0)  # a second restore adds both
+
+
+def test_hyperopt_runs_when_installed_else_the_documented_random_fallback(monkeypatch, caplog):
+    from ray.tune.search import BasicVariantGenerator
+
+    from grounding import ray_tune
+
+    try:
+        import hyperopt  # noqa: F401
+    except ImportError:
+        installed = False
+    else:
+        installed = True
+    if installed:
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        assert isinstance(ray_tune._search_alg(_space()), HyperOptSearch)
+        monkeypatch.setitem(sys.modules, "hyperopt", None)  # then check the fallback too
+    with caplog.at_level(logging.WARNING, logger="grounding.ray_tune"):
+        alg = ray_tune._search_alg(_space())
+    assert isinstance(alg, BasicVariantGenerator)
+    assert "search_alg hyperopt needs the hyperopt package" in caplog.text and "random search" in caplog.text
