@@ -300,3 +300,35 @@ def test_entrypoint_quotes_arguments():
                      sets=("datasets.severity.column=S Global",))
     argv = shlex.split(job.entrypoint())
     assert "/mnt/runs/with space" in argv and "datasets.severity.column=S Global" in argv
+
+
+# -- the real samples (../shared/data): the datasets stage alone, no Ray ----------------------------
+def test_role_manifest_on_real_samples(shared_data, tmp_path):
+    from real_samples import build_mimic_tree
+
+    covid = shared_data / "covid"
+    mimic, boxes, studies = build_mimic_tree(covid, tmp_path / "mimic")
+    cfg = load_config(None, [
+        f"datasets.detector.root={shared_data / 'rsna'}", f"datasets.grounding.root={mimic}",
+        "datasets.evaluation.adapter=mimic", f"datasets.evaluation.root={mimic}", f"datasets.evaluation.boxes={boxes}",
+        f"datasets.severity.root={covid}",
+        f"datasets.severity.table={covid / 'annotations' / 'brixia-public-annotations.csv'}",
+        "datasets.severity.column=S-Global", "datasets.severity.scale=18",
+        f"datasets.extra_corpus.root={shared_data / 'indiana' / 'NLMCXR_reports.tgz'}"])
+    assert check_roots(cfg.datasets) == []
+    table, counts = role_manifest(cfg)
+    purposes = table.column("purpose").to_pylist()
+    assert purposes.count("detector") == 16 == counts["detector"]["rows"]
+    assert counts["detector"]["labels_without_image"] > 0  # the full label file, 16 images on disk
+    assert 0 < purposes.count("eval") == counts["evaluation"]["with_boxes"]
+    assert purposes.count("grounding") + counts["grounding"]["rows_of_evaluation_patients_dropped"] == studies
+    assert all(Path(u).exists() for u in table.column("image_uri").to_pylist())
+    severity, severity_counts = severity_manifest(cfg)
+    scores = [s for s in severity.column("severity").to_pylist() if s is not None]
+    assert len(scores) == severity_counts["with_severity"] > 50 and 0 <= min(scores) <= max(scores) <= 1
+    path = tmp_path / "m.parquet"
+    from grounding.storage import write_table
+
+    write_table(table, str(path))
+    texts = corpus_texts(cfg, str(path))
+    assert len(texts) > purposes.count("grounding") + 1000  # + the even Indiana reports
