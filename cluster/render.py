@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,14 +64,16 @@ class Job:
     deadline_s: int = 6 * 3600
     backoff_limit: int = 2  # each retry = a new RayCluster + resume by run id
     notes: str = ""
+    job_module: str = ""  # when two RayJobs run one module (pipeline, pipeline-real)
+    profile: str = PROFILE
 
     @property
     def module(self) -> str:
-        return f"rayjobs.{self.name.replace('-', '_')}"
+        return self.job_module or f"rayjobs.{self.name.replace('-', '_')}"
 
     def entrypoint(self) -> str:
-        parts = ["python", "-m", self.module, "--config", PROFILE]
-        if self.name != "pipeline":
+        parts = ["python", "-m", self.module, "--config", self.profile]
+        if self.module != "rayjobs.pipeline":
             parts += ["--work-dir", WORK_DIR]
         parts += list(self.args)
         if self.run_id_flag:
@@ -80,7 +83,7 @@ class Job:
         parts += ["--set", f"run.storage_path={RAY_STORAGE}"]
         for item in self.sets:
             parts += ["--set", item]
-        return " ".join(parts)
+        return shlex.join(parts)  # quoted: a path or value with a space stays one argument
 
 
 W = WORK_DIR
@@ -117,6 +120,15 @@ JOBS: tuple[Job, ...] = (
         sets=("detector.num_workers=4", "detector.use_gpu=true", "detector.cpus_per_worker=4",
               "detector.extract_actors=4", "train.num_workers=4", "train.use_gpu=true",
               "train.cpus_per_worker=4")),
+    # The same pipeline on the real datasets, each in its role (grounding/profiles/real.yaml names the
+    # roots under DATA_DIR); a missing or wrongly laid out root fails in one line before Ray starts.
+    Job("pipeline-real", ("--work-dir", f"{STORAGE_MOUNT}/runs/real"),
+        run_id="real-v1", job_module="rayjobs.pipeline", profile="real", gpu_replicas=4, cpu_replicas=2,
+        deadline_s=72 * 3600,
+        sets=("detector.num_workers=4", "detector.use_gpu=true", "detector.cpus_per_worker=4",
+              "detector.extract_actors=4", "train.num_workers=4", "train.use_gpu=true",
+              "train.cpus_per_worker=4"),
+        notes="raw datasets -> Table 1 and Table 2: README 'From raw datasets to Table 1 and Table 2'"),
 )
 
 

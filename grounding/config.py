@@ -448,6 +448,97 @@ class RunConfig:
         )
 
 
+
+@dataclass(frozen=True)
+class DetectorData:
+    """Box-labelled images that train the detector (the RSNA challenge layout)."""
+
+    adapter: str = "rsna"
+    root: str = ""  # empty = the role is not set (synthetic default)
+
+    def validate(self, prefix: str) -> None:
+        _check(self.adapter == "rsna", f"{prefix}.adapter", "must be rsna")
+
+
+@dataclass(frozen=True)
+class GroundingData:
+    """Images with reports that train the grounding model (MIMIC-CXR, DICOM or JPG tree)."""
+
+    adapter: str = "mimic"
+    root: str = ""
+
+    def validate(self, prefix: str) -> None:
+        _check(self.adapter == "mimic", f"{prefix}.adapter", "must be mimic")
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """Held-out expert boxes for Table 1: ChestX-ray8, or MIMIC images with an MS-CXR-style box table."""
+
+    adapter: str = "chestxray8"  # chestxray8 | mimic
+    root: str = ""
+    boxes: str = ""  # mimic only: CSV with dicom_id, x, y, w, h (+ category_name); images listed become eval
+
+    def validate(self, prefix: str) -> None:
+        _check(self.adapter in ("chestxray8", "mimic"), f"{prefix}.adapter", "must be chestxray8 or mimic")
+        _check(self.adapter != "mimic" or not self.root or bool(self.boxes), f"{prefix}.boxes",
+               "the mimic evaluation role needs a box table (dicom_id, x, y, w, h)")
+
+
+@dataclass(frozen=True)
+class SeverityData:
+    """Images with a severity score (COVID-19 collection + any ``filename, score`` table): Table 2."""
+
+    adapter: str = "covid"
+    root: str = ""
+    table: str = ""  # CSV with a filename column and the score column
+    column: str = "score"
+    scale: float = 8.0  # the score's maximum (geographic extent 8, Brixia S-Global 18)
+
+    def validate(self, prefix: str) -> None:
+        _check(self.adapter == "covid", f"{prefix}.adapter", "must be covid")
+        _check(not self.root or bool(self.table), f"{prefix}.table", "a severity table is needed with a root")
+        _check(bool(self.column), f"{prefix}.column", "must not be empty")
+        _check(self.scale > 0, f"{prefix}.scale", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ExtraCorpusData:
+    """More report text for the word vectors only (Indiana ``NLMCXR_reports.tgz`` or a folder of XML)."""
+
+    adapter: str = "indiana"
+    root: str = ""
+    split: str = "even"  # even (the development ids) | all; odd ids are kept for scoring the extractor
+
+    def validate(self, prefix: str) -> None:
+        _check(self.adapter == "indiana", f"{prefix}.adapter", "must be indiana")
+        _check(self.split in ("even", "all"), f"{prefix}.split", "must be even or all")
+
+
+@dataclass(frozen=True)
+class DatasetsConfig:
+    """Which real dataset plays which role in ``grounding pipeline``; every root empty = synthetic data."""
+
+    detector: DetectorData = field(default_factory=DetectorData)
+    grounding: GroundingData = field(default_factory=GroundingData)
+    evaluation: EvaluationData = field(default_factory=EvaluationData)
+    severity: SeverityData = field(default_factory=SeverityData)
+    extra_corpus: ExtraCorpusData = field(default_factory=ExtraCorpusData)
+
+    REQUIRED = ("detector", "grounding", "evaluation", "severity")
+
+    def is_real(self) -> bool:
+        """True when any role names a root: the pipeline then reads real data, not the simulator."""
+        return any(getattr(self, f.name).root for f in fields(self))
+
+    def validate(self, prefix: str) -> None:
+        for f in fields(self):
+            getattr(self, f.name).validate(f"{prefix}.{f.name}")
+        missing = [r for r in self.REQUIRED if not getattr(self, r).root]
+        _check(not self.is_real() or not missing, f"{prefix}.{missing[0] if missing else ''}.root",
+               f"real data needs a root for every role ({', '.join(self.REQUIRED)}); missing: {', '.join(missing)}")
+
+
 @dataclass(frozen=True)
 class GroundingConfig:
     run: RunConfig = field(default_factory=RunConfig)
@@ -460,6 +551,7 @@ class GroundingConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    datasets: DatasetsConfig = field(default_factory=DatasetsConfig)  # empty: synthetic data
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -651,6 +743,7 @@ def write_resolved(config: GroundingConfig, out_dir: str | Path) -> Path:
 __all__ = [
     "Backbone",
     "ConfigError",
+    "DatasetsConfig",
     "GroundingConfig",
     "PrepareEngine",
     "SimilarityNorm",

@@ -1,6 +1,7 @@
 """(R) The whole method end to end on one Ray cluster (``grounding pipeline``).
 
-synth -> attributes -> prepare -> word vectors -> train detector -> extract ROIs -> train grounding
+synth (or datasets: real data by role, grounding.datasets_roles) ->
+attributes -> prepare -> word vectors -> train detector -> extract ROIs -> train grounding
 (with and without classification) -> evaluate -> severity CV. Every stage writes into
 ``<work_dir>/<stage>`` and finishes by writing ``_DONE.json`` there; a re-run skips finished stages,
 so an interrupted pipeline continues where it stopped (``fresh=True`` redoes everything).
@@ -64,8 +65,10 @@ def run_pipeline(cfg: GroundingConfig, fresh: bool = False) -> PipelineState:
     write_resolved(cfg, state.work)
     run_id = cfg.run.run_id or "pipeline"
 
-    _stage(state, "synth", lambda out: _synth(cfg, out), fresh)
-    _stage(state, "attributes", lambda out: _attributes(state.dir("synth") / "manifest.parquet", out), fresh)
+    source = data_stage(cfg)  # "synth" (the simulator) or "datasets" (real data by role)
+    make_source = _datasets if source == "datasets" else _synth
+    _stage(state, source, lambda out: make_source(cfg, out), fresh)
+    _stage(state, "attributes", lambda out: _attributes(state.dir(source) / "manifest.parquet", out), fresh)
     _stage(state, "prepared", lambda out: _prepare(cfg, state.dir("attributes") / "manifest.parquet", out), fresh)
     _stage(state, "word_vectors", lambda out: _word_vectors(cfg, state.dir("attributes") / "manifest.parquet", out),
            fresh)
@@ -91,6 +94,11 @@ def run_pipeline(cfg: GroundingConfig, fresh: bool = False) -> PipelineState:
     return state
 
 
+def data_stage(cfg: GroundingConfig) -> str:
+    """The first stage's name: ``datasets`` when the config names real roots, else ``synth``."""
+    return "datasets" if cfg.datasets.is_real() else "synth"
+
+
 def _read_sha(path: Path) -> str:
     sidecar = Path(f"{path}.sha256")
     return sidecar.read_text().split()[0] if sidecar.exists() else ""
@@ -108,6 +116,14 @@ def _synth(cfg: GroundingConfig, out: Path) -> dict:
     if cfg.synth.contact_per_site > 0:
         contact_sheet(str(out), cfg.synth.contact_per_site)
     return {"images": summary["images"], "rows": manifest.num_rows}
+
+
+def _datasets(cfg: GroundingConfig, out: Path) -> dict:
+    from grounding.datasets_roles import role_manifest
+
+    manifest, counts = role_manifest(cfg)
+    storage.write_table(manifest, str(out / "manifest.parquet"))
+    return {"rows": manifest.num_rows, "counts": counts}
 
 
 def _attributes(manifest_path: Path, out: Path) -> dict:
@@ -131,9 +147,10 @@ def _prepare(cfg: GroundingConfig, manifest_path: Path, out: Path) -> dict:
 
 def _word_vectors(cfg: GroundingConfig, manifest_path: Path, out: Path) -> dict:
     from grounding import ray_text, word_vectors
+    from grounding.datasets_roles import corpus_texts
 
     w = cfg.word_vectors
-    texts = word_vectors.corpus_texts(str(manifest_path), None, None)
+    texts = corpus_texts(cfg, str(manifest_path))
     table = word_vectors.run(texts, str(out), vector_size=w.vector_size, window=w.window, min_count=w.min_count,
                              epochs=w.epochs, seed=w.seed, skip_gram=w.skip_gram, negative_rule=w.negative_rule,
                              tokenize=lambda t: ray_text.tokenize_texts(t, batch_size=w.batch_size))
@@ -203,9 +220,14 @@ def _severity(cfg: GroundingConfig, state: PipelineState, out: Path) -> dict:
     from grounding.report import write_severity_outputs
     from grounding.severity import severity_table_from_manifest
 
-    site_c = state.dir("synth") / "site_c"
-    manifest, counts = covid_manifest(str(site_c), str(site_c / "severity.csv"), "score", 8.0,
-                                      split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
+    if cfg.datasets.is_real():
+        from grounding.datasets_roles import severity_manifest
+
+        manifest, counts = severity_manifest(cfg)
+    else:
+        site_c = state.dir("synth") / "site_c"
+        manifest, counts = covid_manifest(str(site_c), str(site_c / "severity.csv"), "score", 8.0,
+                                          split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
     probabilities = predict_probabilities(manifest, str(state.dir("grounding") / "model.pt"), cfg,
                                           str(state.dir("detector") / "detector.pt"))
     table = severity_table_from_manifest(manifest, probabilities)

@@ -2,6 +2,7 @@
 
     grounding pipeline                                   # built-in synthetic data, local Ray, runs/default
     grounding pipeline --work-dir runs/x --config paper  # the paper's scale (a GPU cluster)
+    grounding pipeline --config real --set datasets.detector.root=/data/rsna ...  # real data (README)
     RAY_ADDRESS=ray://head:10001 grounding pipeline --work-dir /mnt/cluster_storage/runs/x --set run.run_id=x
 """
 
@@ -23,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = build_config(args)
+    from grounding.datasets_roles import check_roots
+
+    problems = check_roots(cfg.datasets)
+    if problems:  # before Ray starts: one line per role
+        print("\n".join(problems), file=sys.stderr)
+        return 2
     from grounding.ray_pipeline import run_pipeline
     from grounding.ray_runtime import init_ray
 

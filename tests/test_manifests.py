@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 MANIFESTS = sorted(CLUSTER.glob("*.yaml"))
 SCHEMA = json.loads((CLUSTER / "schema" / "kuberay.schema.json").read_text())
-EXPECTED_JOBS = {"prepare", "train-detector", "extract-rois", "train", "tune", "evaluate", "severity-cv", "pipeline"}
+EXPECTED_JOBS = {"prepare", "train-detector", "extract-rois", "train", "tune", "evaluate", "severity-cv", "pipeline",
+                 "pipeline-real"}
 STORAGE = "/mnt/cluster_storage"
 
 
@@ -322,7 +323,7 @@ def _assert_fits(name, doc, section, what):
 @pytest.mark.parametrize("name, doc", RAYJOBS, ids=[n for n, _ in RAYJOBS])
 def test_entrypoint_parses_and_fits_the_worker_groups(name, doc):
     argv, cfg = _job_config(doc)
-    job = doc["metadata"]["name"].removeprefix("grounding-")
+    job = argv[2].removeprefix("rayjobs.").replace("_", "-")  # the module: pipeline-real runs rayjobs.pipeline
     gpus = _total_gpus(doc)
     wants_gpu = False
     if job in ("train-detector", "pipeline"):
