@@ -111,6 +111,7 @@ start() {
   # Generous start-up timeouts: on a busy 2-core machine the per-node agents can take > 15 s to come up.
   export RAY_raylet_start_wait_time_s="${RAY_raylet_start_wait_time_s:-180}"
   export RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-180000}"
+  export RAY_DASHBOARD_STARTUP_TIMEOUT_S="${RAY_DASHBOARD_STARTUP_TIMEOUT_S:-300}"  # `ray start` waits 60 s
   local t0 t1 node i
   t0=$(date +%s%N)
   # shellcheck disable=SC2046
@@ -134,6 +135,7 @@ start() {
 export RAY_ADDRESS=$ADDRESS
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$DIR/auth_token
+export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT  # for ray job submit/status/logs
 export GROUNDING_SHARED_FS=1  # all three nodes share this machine's disk
 EOF
   echo "address: $ADDRESS   dashboard: http://127.0.0.1:$DASHBOARD_PORT   (token auth on)"
