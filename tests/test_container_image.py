@@ -27,7 +27,8 @@ pytestmark = [
 
 
 def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run(["nice", "-n", "19", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["nice", "-n", "19", *cmd], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _podman_run(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:

@@ -35,8 +35,10 @@ def test_ray_job_submit_runs_a_train_job_on_the_local_cluster(tmp_path):
     lc_dir = f"/tmp/grlcj_{os.getpid()}"  # short: Unix socket paths are limited
     env = {key: value for key, value in os.environ.items()
            if key not in ("RAY_ADDRESS", "GROUNDING_SHARED_FS", "GROUNDING_SHARED_MOUNTS", "PYTHONPATH")}
-    env.update(PATH="/usr/local/bin:/usr/bin:/bin", RAY=ray_cli, GROUNDING_LC_DIR=lc_dir, GROUNDING_LC_PORT=PORT)
-    started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=1200)
+    env.update(PATH="/usr/local/bin:/usr/bin:/bin", RAY=ray_cli, GROUNDING_LC_DIR=lc_dir,
+               GROUNDING_LC_PORT=PORT)
+    started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True,
+                             timeout=1200)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         # README: source env.sh, then `ray job submit ... -- python -m rayjobs.train ...` unchanged.

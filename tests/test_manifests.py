@@ -198,7 +198,8 @@ def test_rayjob_lifecycle_fields(name, doc):
 def test_worker_groups_have_a_fixed_positive_size(name, doc):
     # The CRD sets no minimum: a negative or zero group would only fail when the operator reconciles.
     for group in _cluster_spec(doc)["workerGroupSpecs"]:
-        assert 1 <= group["minReplicas"] == group["replicas"] == group["maxReplicas"], (name, group["groupName"])
+        sizes = (group["minReplicas"], group["replicas"], group["maxReplicas"])
+        assert 1 <= sizes[0] == sizes[1] == sizes[2], (name, group["groupName"], sizes)
 
 
 @pytest.mark.parametrize("name, doc", RAY_RESOURCES, ids=[n for n, _ in RAY_RESOURCES])

@@ -105,7 +105,8 @@ def vendor(git_dir: str, release: str) -> None:
     commit = subprocess.run(["git", "--git-dir", git_dir, "rev-parse", f"{release}^{{commit}}"], check=True,
                             capture_output=True, text=True).stdout.strip()
     source = {"repository": "https://github.com/ray-project/kuberay", "release": release, "commit": commit,
-              "api_version": API_VERSION, "kept": "spec.versions[v1].schema.openAPIV3Schema, descriptions dropped",
+              "api_version": API_VERSION,
+              "kept": "spec.versions[v1].schema.openAPIV3Schema, descriptions dropped",
               "files": {}}
     for kind, name in CRDS.items():
         raw = _git_show(git_dir, f"{commit}:{CRD_DIR}/{name}")
@@ -121,13 +122,15 @@ def vendor(git_dir: str, release: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kuberay-git", required=True, help="git dir of a ray-project/kuberay clone (with tags)")
+    parser.add_argument("--kuberay-git", required=True,
+                        help="git dir of a ray-project/kuberay clone (with tags)")
     parser.add_argument("--release", default=RELEASE)
     args = parser.parse_args(argv)
     try:
         vendor(args.kuberay_git, args.release)
     except subprocess.CalledProcessError as exc:
-        print(f"{args.kuberay_git}: git failed: {exc.stderr.decode(errors='replace').strip()}", file=sys.stderr)
+        reason = exc.stderr.decode(errors="replace").strip()
+        print(f"{args.kuberay_git}: git failed: {reason}", file=sys.stderr)
         return 2
     return 0
 
