@@ -15,7 +15,11 @@
 # Environment knobs: GROUNDING_LC_DIR (default /tmp/grlc_$UID; keep it short: Unix socket paths are
 # limited to ~107 bytes), GROUNDING_LC_PORT (GCS port, default 6391), GROUNDING_LC_WORKER_CPUS (1),
 # GROUNDING_LC_WORKER_GPUS (0; logical GPUs let GPU code paths be scheduled on a CPU machine),
-# GROUNDING_LC_OBJECT_STORE (bytes per node, default 200000000), RAY (the ray CLI, default: next to python).
+# GROUNDING_LC_OBJECT_STORE (bytes per node, default 200000000), RAY (the ray CLI, default: the repo's
+# .venv, else the one on PATH; its folder goes first on every node's PATH, so jobs run that environment).
+#
+# Jobs: `ray job submit -- python -m rayjobs.<job> ...` after sourcing env.sh. Each node starts with that
+# environment first on PATH, PYTHONPATH=<this repo> and GROUNDING_SHARED_FS=1 (all nodes share the disk).
 set -euo pipefail
 
 DIR="${GROUNDING_LC_DIR:-/tmp/grlc_$(id -u)}"
@@ -28,6 +32,10 @@ RAY="${RAY:-}"
 if [[ -z "$RAY" ]]; then
   if [[ -x "$HERE/../.venv/bin/ray" ]]; then RAY="$HERE/../.venv/bin/ray"; else RAY="$(command -v ray)"; fi
 fi
+# The environment the ray CLI comes from (a venv's bin/) goes first on PATH for every node, so a job's
+# `python` (ray job submit -- python -m rayjobs...) is the project's, not whatever python the shell has.
+ENV_BIN="$(cd "$(dirname "$RAY")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
 ADDRESS="127.0.0.1:${PORT}"
 DASHBOARD_PORT=$((PORT + 2000))
 NODES=(head w1 w2)
@@ -96,9 +104,14 @@ start() {
     (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$DIR/auth_token")
   fi
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$DIR/auth_token" RAY_USAGE_STATS_ENABLED=0
+  # Every Ray process (and so every job driver and worker) inherits the environment of `ray start`:
+  # the project's python first on PATH, this checkout importable, and the storage check told that the
+  # three nodes share one disk (a variable exported only in the submitting shell never reaches a job).
+  export PATH="$ENV_BIN:$PATH" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" GROUNDING_SHARED_FS=1
   # Generous start-up timeouts: on a busy 2-core machine the per-node agents can take > 15 s to come up.
   export RAY_raylet_start_wait_time_s="${RAY_raylet_start_wait_time_s:-180}"
   export RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-180000}"
+  export RAY_DASHBOARD_STARTUP_TIMEOUT_S="${RAY_DASHBOARD_STARTUP_TIMEOUT_S:-300}"  # `ray start` waits 60 s
   local t0 t1 node i
   t0=$(date +%s%N)
   # shellcheck disable=SC2046
@@ -122,6 +135,7 @@ start() {
 export RAY_ADDRESS=$ADDRESS
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$DIR/auth_token
+export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT  # for ray job submit/status/logs
 export GROUNDING_SHARED_FS=1  # all three nodes share this machine's disk
 EOF
   echo "address: $ADDRESS   dashboard: http://127.0.0.1:$DASHBOARD_PORT   (token auth on)"

@@ -16,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -25,21 +26,24 @@ from grounding.config import PROFILES_DIR
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 MANIFESTS = sorted(CLUSTER.glob("*.yaml"))
-SCHEMA = json.loads((CLUSTER / "schema" / "kuberay.schema.json").read_text())
 EXPECTED_JOBS = {"prepare", "train-detector", "extract-rois", "train", "tune", "evaluate", "severity-cv", "pipeline",
                  "pipeline-real"}
 STORAGE = "/mnt/cluster_storage"
 
 
-def _load_render():
-    spec = importlib.util.spec_from_file_location("cluster_render", CLUSTER / "render.py")
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("cluster_render", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
 
 
-render = _load_render()
+render = _load("cluster_render", CLUSTER / "render.py")
+crd_schema = _load("cluster_crd_schema", CLUSTER / "schema" / "vendor.py")
+# The real KubeRay CRDs (cluster/schema/kuberay-<release>/, vendored by cluster/schema/vendor.py), with
+# unknown fields rejected wherever the CRD lists properties.
+VALIDATORS = {kind: jsonschema.Draft4Validator(crd_schema.load(kind)) for kind in crd_schema.CRDS}
 
 
 def _docs():
@@ -127,28 +131,54 @@ def test_committed_manifests_match_the_renderer():
     assert not stale, f"stale manifests {stale}: run `python cluster/render.py`"
 
 
+def test_vendored_crds_match_their_source_record():
+    source = json.loads((crd_schema.schema_path("RayJob").parent / "source.json").read_text())
+    assert source["release"] == crd_schema.RELEASE and re.fullmatch(r"[0-9a-f]{40}", source["commit"])
+    assert set(source["files"]) == {crd_schema.schema_path(kind).name for kind in crd_schema.CRDS}
+
+
 @pytest.mark.parametrize("name, doc", RAY_RESOURCES, ids=[n for n, _ in RAY_RESOURCES])
-def test_schema(name, doc):
-    jsonschema = pytest.importorskip("jsonschema")
-    errors = list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(doc))
+def test_manifest_matches_the_kuberay_crd(name, doc):
+    errors = list(VALIDATORS[doc["kind"]].iter_errors(doc))
     assert not errors, f"{name}: " + "; ".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:5])
 
 
+def _head(d):
+    return d["spec"]["rayClusterSpec"]["headGroupSpec"]
+
+
+def _worker_group(d):
+    return d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+
+
+# What the CRD itself rejects. Not in the v1.7.0 CRD (so the project's own tests below pin them):
+# an enum for submissionMode, a minimum for replicas.
 @pytest.mark.parametrize(
     "mutate",
-    [lambda d: d["spec"].update(shutdownAfterJobFinish=True),  # misspelt field
-     lambda d: d["spec"].update(submissionMode="K8sMode"),
+    [lambda d: d["spec"].update(entrypointt=d["spec"]["entrypoint"]),  # misspelt field
+     lambda d: d["spec"].update(shutdownAfterJobFinish=True),
+     lambda d: _worker_group(d).update(rayStartParam={}),
+     lambda d: _head(d)["template"]["spec"]["containers"][0].update(imagePullPolicyy="Always"),
+     lambda d: _head(d)["template"]["metadata"].update(lables={}),
+     lambda d: d["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["env"][1]["valueFrom"]
+     .update(secretRef={"name": "x"}),
      lambda d: d["spec"].update(backoffLimit="2"),
-     lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(replicas=-1),
-     lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0})],
-    ids=["typo", "enum", "type", "negative", "non-string-param"],
+     lambda d: _head(d)["rayStartParams"].update({"num-cpus": 0}),
+     lambda d: _head(d)["template"]["spec"]["containers"][0]["resources"]["limits"].update(cpu="four")],
+    ids=["entrypointt", "shutdownAfterJobFinish", "rayStartParam", "container-field", "pod-metadata",
+         "secret-ref", "type", "non-string-param", "quantity"],
 )
-def test_schema_rejects_broken_manifests(mutate):
-    jsonschema = pytest.importorskip("jsonschema")
+def test_crd_rejects_broken_manifests(mutate):
     doc = render.rayjob(next(j for j in render.JOBS if j.name == "train"))
-    assert not list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(doc))
+    assert not list(VALIDATORS["RayJob"].iter_errors(doc))
     mutate(doc)
-    assert list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(doc))
+    assert list(VALIDATORS["RayJob"].iter_errors(doc))
+
+
+def test_crd_rejects_a_misspelt_raycluster_field():
+    doc = render.raycluster()
+    doc["spec"]["workerGroupSpecs"][0]["rayStartParam"] = {}
+    assert list(VALIDATORS["RayCluster"].iter_errors(doc))
 
 
 @pytest.mark.parametrize("name, doc", RAYJOBS, ids=[n for n, _ in RAYJOBS])
@@ -163,6 +193,14 @@ def test_rayjob_lifecycle_fields(name, doc):
     forbidden = {"pip", "uv", "conda", "working_dir", "py_modules"} & set(runtime_env)
     assert not forbidden, f"{name}: runtime installs/uploads {forbidden}; bake them into the image"
     assert doc["spec"]["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("name, doc", RAY_RESOURCES, ids=[n for n, _ in RAY_RESOURCES])
+def test_worker_groups_have_a_fixed_positive_size(name, doc):
+    # The CRD sets no minimum: a negative or zero group would only fail when the operator reconciles.
+    for group in _cluster_spec(doc)["workerGroupSpecs"]:
+        sizes = (group["minReplicas"], group["replicas"], group["maxReplicas"])
+        assert 1 <= sizes[0] == sizes[1] == sizes[2], (name, group["groupName"], sizes)
 
 
 @pytest.mark.parametrize("name, doc", RAY_RESOURCES, ids=[n for n, _ in RAY_RESOURCES])
