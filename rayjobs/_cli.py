@@ -78,10 +78,10 @@ def check_or_exit(check: Callable[[str, str], None], flag: str, path: str) -> No
 
 
 def _flag(dest: str) -> str:
-    return dest if dest in POSITIONAL else "--" + dest.replace("_", "-")
+    return POSITIONAL.get(dest) or "--" + dest.replace("_", "-")
 
 
-POSITIONAL = ("files", "images")
+POSITIONAL = {"files": "FILE", "images": "IMAGE"}  # positional arguments, named as in --help
 
 
 def check_inputs(args: argparse.Namespace, inputs: Mapping[str, Callable[[str, str], None]],

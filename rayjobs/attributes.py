@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args, INPUTS)
     for name in args.files:
         if name != "-":
-            ic.require_text("file", name)
+            ic.require_text("FILE", name)
     if args.manifest:
         if not args.out:
             print("--manifest needs --out", file=sys.stderr)
