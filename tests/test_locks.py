@@ -70,7 +70,7 @@ def _hold(path: str, ready, release) -> None:
 
 def test_a_live_process_in_another_process_is_refused_then_killed_is_taken_over(tmp_path):
     path = tmp_path / "lock"
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     ready, release = ctx.Event(), ctx.Event()
     proc = ctx.Process(target=_hold, args=(str(path), ready, release))
     proc.start()
