@@ -62,17 +62,17 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert not path.exists()
 
 
-def _hold(path: str, ready, release) -> None:
+def _hold(path: str, ready) -> None:
     with exclusive(path, "x", "grounding pipeline"):
         ready.set()
-        release.wait(60)
+        time.sleep(300)  # killed by the test (an mp.Event wait killed mid-way would deadlock the parent)
 
 
 def test_a_live_process_in_another_process_is_refused_then_killed_is_taken_over(tmp_path):
     path = tmp_path / "lock"
     ctx = mp.get_context("fork")
-    ready, release = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_hold, args=(str(path), ready, release))
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold, args=(str(path), ready))
     proc.start()
     try:
         assert ready.wait(60)
@@ -84,7 +84,8 @@ def test_a_live_process_in_another_process_is_refused_then_killed_is_taken_over(
         with exclusive(path, "x", "b"):
             assert json.loads(path.read_text())["pid"] == os.getpid()
     finally:
-        release.set()
+        if proc.is_alive():
+            proc.kill()
         proc.join(30)
 
 
