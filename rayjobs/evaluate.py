@@ -17,7 +17,8 @@ import sys
 from grounding import input_checks as ic
 from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
 
-INPUTS = {"rois": ic.require_rois, "checkpoint": ic.require_checkpoint, "checkpoint_no_cls": ic.require_checkpoint,
+INPUTS = {"rois": ic.require_rois, "checkpoint": ic.require_checkpoint,
+          "checkpoint_no_cls": ic.require_checkpoint,
           "prepared": ic.require_prepared, "history": ic.require_text, "manifest": ic.require_manifest_text,
           "out": ic.require_writable_folder}
 

@@ -14,7 +14,8 @@ from grounding import input_checks as ic
 from rayjobs._cli import (absolute, build_config, check_inputs, clean_exit, get_args_parser as common_parser,
                           setup_logging)
 
-INPUTS = {"prepared": ic.require_prepared, "detector": ic.require_checkpoint, "out": ic.require_writable_folder}
+INPUTS = {"prepared": ic.require_prepared, "detector": ic.require_checkpoint,
+          "out": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True):

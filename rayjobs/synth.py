@@ -6,7 +6,8 @@ import sys
 import time
 
 from grounding import input_checks as ic
-from rayjobs._cli import build_config, check_inputs, clean_exit, get_args_parser as _base_parser, setup_logging
+from rayjobs._cli import (build_config, check_inputs, clean_exit, get_args_parser as _base_parser,
+                          setup_logging)
 
 INPUTS = {"out": ic.require_writable_folder}
 

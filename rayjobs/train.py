@@ -19,8 +19,8 @@ import logging
 import sys
 
 from grounding import input_checks as ic
-from rayjobs._cli import (build_config, check_inputs, clean_exit, exclusive_run, get_args_parser as common_parser,
-                          setup_logging)
+from rayjobs._cli import (build_config, check_inputs, clean_exit, exclusive_run,
+                          get_args_parser as common_parser, setup_logging)
 
 log = logging.getLogger("grounding.train")
 INPUTS = {"rois": ic.require_rois, "prepared": ic.require_prepared, "detector": ic.require_checkpoint,

@@ -10,7 +10,8 @@ import logging
 import sys
 
 from grounding import input_checks as ic
-from rayjobs._cli import build_config, check_inputs, clean_exit, get_args_parser as common_parser, setup_logging
+from rayjobs._cli import (build_config, check_inputs, clean_exit, get_args_parser as common_parser,
+                          setup_logging)
 
 INPUTS = {"manifest": ic.require_manifest_text, "indiana": ic.require_indiana,
           "texts": ic.require_text_folder, "out": ic.require_writable_folder}
