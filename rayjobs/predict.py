@@ -16,7 +16,8 @@ import sys
 from grounding import input_checks as ic
 from rayjobs._cli import check_inputs, clean_exit, common_parser, setup_logging
 
-INPUTS = {"images": ic.require_image_file, "checkpoint": ic.require_checkpoint,
+# images are not checked here: one that cannot be read gets an error entry (documented above)
+INPUTS = {"checkpoint": ic.require_checkpoint,
           "detector": ic.require_checkpoint,
           "out": ic.require_writable_folder, "work_dir": ic.require_writable_folder}
 

@@ -167,7 +167,7 @@ def test_second_training_on_the_same_run_id_is_refused(tmp_path):
     """`grounding train --run-id` holds <storage>/<run_id>.lock; the refusal names the holder."""
     from grounding.locks import run_lock_path
 
-    from tests.test_bad_input import make_rois, make_word_vectors
+    from test_bad_input import make_rois, make_word_vectors
 
     rois, wv = make_rois(tmp_path), make_word_vectors(tmp_path)
     storage = tmp_path / "runs" / "default" / "ray_storage"
