@@ -282,7 +282,14 @@ def _check(case: Case, tmp_path: Path) -> None:
         return
     bad = _bad(tmp, case.kind, case.case)
     argv = _argv(case.job, tmp, case.flag, bad, None)
-    assert_one_line(run_job(case.job.command, argv, tmp_path), case.flag, str(bad))
+    line = assert_one_line(run_job(case.job.command, argv, tmp_path), case.flag, str(bad))
+    problem = line.split(f"{bad}: ", 1)[1]
+    if case.case == "missing":  # each case is caught by its own guard, not by a later one
+        assert problem.startswith("no such file"), line
+    elif case.case == "empty":
+        assert problem.startswith("empty"), line
+    else:
+        assert not problem.startswith(("no such file", "empty")), line
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in FAST], ids=lambda c: c.id)
