@@ -231,6 +231,9 @@ def require_writable_file(flag: str, path: str) -> None:
     target = Path(path).absolute()
     if target.is_dir():
         raise fail(flag, path, "is a folder, expected an output file")
+    base = _nearest_existing(target.parent)
+    if not base.is_dir():
+        raise fail(flag, path, f"cannot create the file: {base} is a file")
     try:
         require_writable_folder(flag, str(target.parent))
     except InputError as err:
