@@ -14,7 +14,12 @@ import sys
 
 from grounding.reports import (annotate_manifest, attribute_counts, extract_attributes,
                                read_covid_notes)
+from grounding import input_checks as ic
 from grounding.storage import read_table, write_table
+from rayjobs._cli import check_inputs, clean_exit
+
+INPUTS = {"manifest": ic.require_manifest_text, "out": ic.require_writable_file,
+          "covid_metadata": ic.require_csv}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -41,8 +46,13 @@ def _reports(files: list[str], lines: bool):
             yield (f"{name}:{i + 1}" if lines else name), part
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    check_inputs(args, INPUTS)
+    for name in args.files:
+        if name != "-":
+            ic.require_text("FILE", name)
     if args.manifest:
         if not args.out:
             print("--manifest needs --out", file=sys.stderr)

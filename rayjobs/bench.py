@@ -13,9 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from rayjobs._cli import build_config, common_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
 
 WHAT = ("ingest", "rois", "train", "streaming", "tune", "e2e", "all")
+INPUTS = {"manifest": ic.require_manifest, "rois": ic.require_rois, "word_vectors": ic.require_word_vectors,
+          "prepared": ic.require_prepared, "detector": ic.require_checkpoint, "out": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True):
@@ -122,10 +125,12 @@ def suite(cfg, args, out: Path, sections: tuple[str, ...]) -> dict:
     return run_suite(cfg, opts, address=args.address)
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
     from grounding import storage
 
     out = Path(args.out or storage.join(cfg.run.work_dir, "bench"))

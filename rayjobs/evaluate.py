@@ -14,7 +14,13 @@ from __future__ import annotations
 import json
 import sys
 
-from rayjobs._cli import build_config, common_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
+
+INPUTS = {"rois": ic.require_rois, "checkpoint": ic.require_checkpoint,
+          "checkpoint_no_cls": ic.require_checkpoint,
+          "prepared": ic.require_prepared, "history": ic.require_text, "manifest": ic.require_manifest_text,
+          "out": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True):
@@ -33,10 +39,12 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
     from grounding import storage
     from grounding.checkpoint import CheckpointError
     from grounding.evaluate_run import EvalSettings, run_evaluation

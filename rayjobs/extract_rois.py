@@ -10,7 +10,12 @@ from __future__ import annotations
 import json
 import sys
 
-from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging, absolute
+from grounding import input_checks as ic
+from rayjobs._cli import (absolute, build_config, check_inputs, clean_exit, get_args_parser as common_parser,
+                          setup_logging)
+
+INPUTS = {"prepared": ic.require_prepared, "detector": ic.require_checkpoint,
+          "out": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True):
@@ -21,6 +26,7 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     args.prepared = absolute(args.prepared)
@@ -28,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args.detector = absolute(args.detector)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, INPUTS)
     from grounding.detector import WeightsError
     from grounding.ray_detector import run_extract_rois
     from grounding.ray_runtime import init_ray

@@ -13,9 +13,13 @@ import json
 import sys
 from pathlib import Path
 
-from grounding import storage
+from grounding import input_checks as ic, storage
 from grounding.imaging import inspect_file
 from rayjobs import _cli
+from rayjobs._cli import clean_exit
+
+# FILEs are not checked here: a missing, empty or undecodable file is reported as quarantined (exit 0)
+INPUTS = {"png": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -42,9 +46,11 @@ def _png_names(files: list[str]) -> list[str]:
     return names
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg = _cli.build_config(args)
+    _cli.check_inputs(args, INPUTS)
     if args.png:
         storage.makedirs(args.png)
     counts: collections.Counter[str] = collections.Counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from rayjobs._cli import build_config, common_parser, setup_logging
+from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, exclusive, setup_logging
 
 
 def get_args_parser(add_help: bool = True):
@@ -20,10 +20,12 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, {}, work_dir=cfg.run.work_dir)
     from grounding.datasets_roles import check_roots
 
     problems = check_roots(cfg.datasets)
@@ -34,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from grounding.ray_runtime import init_ray
 
     start = time.perf_counter()
-    init_ray(args.address)
-    state = run_pipeline(cfg, fresh=args.fresh)
+    with exclusive(cfg.run.work_dir, "pipeline"):  # a second pipeline on this folder is refused
+        init_ray(args.address)
+        state = run_pipeline(cfg, fresh=args.fresh)
     total = time.perf_counter() - start
     print("\n[pipeline] stage timings (s): " + ", ".join(f"{k} {v}" for k, v in state.timings.items()))
     print(f"[pipeline] finished in {total / 60:.1f} min")

@@ -13,7 +13,13 @@ from __future__ import annotations
 import json
 import sys
 
-from rayjobs._cli import common_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import check_inputs, clean_exit, common_parser, setup_logging
+
+# images are not checked here: one that cannot be read gets an error entry (documented above)
+INPUTS = {"checkpoint": ic.require_checkpoint,
+          "detector": ic.require_checkpoint,
+          "out": ic.require_writable_folder, "work_dir": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True):
@@ -29,9 +35,11 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
+    check_inputs(args, INPUTS)
     if args.config or args.overrides:
         print("predict: --config/--set are ignored; the checkpoint's own config is used", file=sys.stderr)
     from grounding import storage

@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import sys
 
-from rayjobs._cli import build_config, common_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
+
+INPUTS = {"manifest": ic.require_manifest, "root": ic.require_dataset_root,
+          "severity_csv": ic.require_csv, "out": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True):
@@ -26,10 +30,12 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
     from grounding import storage
     from grounding.config import write_resolved
     from grounding.prepare import PrepareOptions

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from grounding.indiana import SPLITS, Engine, format_table, score_extractor
+from grounding import input_checks as ic
 from grounding.storage import atomic_write_text
+from rayjobs._cli import check_inputs, clean_exit
+
+INPUTS = {"indiana": ic.require_indiana, "out": ic.require_writable_file}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -30,13 +33,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from grounding.report_context import MedspacyMissing
 
-    if not os.path.exists(args.indiana):
-        print(f"score-attributes: --indiana {args.indiana}: no such file or folder", file=sys.stderr)
-        return 2
+    check_inputs(args, INPUTS)
     try:
         result = score_extractor(args.indiana, args.split, args.include_uncertain, args.engine)
     except MedspacyMissing as err:

@@ -10,7 +10,12 @@ from __future__ import annotations
 import json
 import sys
 
-from rayjobs._cli import build_config, common_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
+
+INPUTS = {"predictions": ic.require_severity_table, "root": ic.require_dataset_root,
+          "severity_csv": ic.require_csv, "checkpoint": ic.require_checkpoint, "detector": ic.require_checkpoint,
+          "out": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True):
@@ -49,10 +54,12 @@ def _dataset_table(args, cfg):
     return severity_table_from_manifest(manifest, probabilities)
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
     from grounding import storage
     from grounding.report import write_severity_outputs
     from grounding.severity import severity_cv, validate_severity_table

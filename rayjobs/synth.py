@@ -5,7 +5,11 @@ from __future__ import annotations
 import sys
 import time
 
-from rayjobs._cli import build_config, get_args_parser as _base_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import (build_config, check_inputs, clean_exit, get_args_parser as _base_parser,
+                          setup_logging)
+
+INPUTS = {"out": ic.require_writable_folder}
 
 
 def get_args_parser(add_help: bool = True):
@@ -14,10 +18,12 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, INPUTS)
     from grounding import storage
     from grounding.adapters.synthetic import synthetic_manifest
     from grounding.config import write_resolved

@@ -19,9 +19,13 @@ import logging
 import sys
 
 from rayjobs import _disk_full
-from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import (build_config, check_inputs, clean_exit, exclusive_run,
+                          get_args_parser as common_parser, setup_logging)
 
 log = logging.getLogger("grounding.train")
+INPUTS = {"rois": ic.require_rois, "prepared": ic.require_prepared, "detector": ic.require_checkpoint,
+          "word_vectors": ic.require_word_vectors}
 
 
 def get_args_parser(add_help: bool = True):
@@ -34,10 +38,12 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
     if cfg.train.mode.value == "cache" and not args.rois:
         print("train: --rois is required (or --set train.mode=streaming with --prepared)", file=sys.stderr)
         return 2
@@ -48,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportError, OSError, ValueError) as err:
         print(f"train: cannot load word vectors from {args.word_vectors}: {err}", file=sys.stderr)
         return 2
-    from grounding.ray_runtime import init_ray
-    from grounding.ray_train import run_training
     from grounding.run_checks import RunStateError, require_run_id
 
     try:
@@ -57,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     except RunStateError as err:
         print(str(err), file=sys.stderr)
         return 2
+    run_id = args.run_id or cfg.run.run_id
+    if run_id:  # a fixed id = a resumable Ray run: one driver at a time (a fresh id cannot collide)
+        with exclusive_run(cfg, run_id, "train"):
+            return _train(args, cfg, vectors)
+    return _train(args, cfg, vectors)
+
+
+def _train(args, cfg, vectors) -> int:
+    from grounding.ray_runtime import init_ray
+    from grounding.ray_train import run_training
+    from grounding.run_checks import RunStateError
+
     init_ray(args.address)
     try:
         result = run_training(cfg, args.rois, vectors, run_id=args.run_id, prepared=args.prepared,

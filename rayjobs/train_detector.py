@@ -14,7 +14,11 @@ import os
 import sys
 import time
 
-from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging, absolute
+from grounding import input_checks as ic
+from rayjobs._cli import (absolute, build_config, check_inputs, clean_exit, exclusive_run,
+                          get_args_parser as common_parser, setup_logging)
+
+INPUTS = {"prepared": ic.require_prepared, "out": ic.require_writable_folder}
 
 log = logging.getLogger("rayjobs.train_detector")
 
@@ -27,16 +31,16 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     args.prepared = absolute(args.prepared)
     args.out = absolute(args.out)
     setup_logging()
     cfg = build_config(args)
+    check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
     from grounding.config import write_resolved
-    from grounding.ray_detector import run_train_detector
-    from grounding.ray_runtime import init_ray
-    from grounding.run_checks import RunStateError, check_resume_state, require_run_id
+    from grounding.run_checks import RunStateError, require_run_id
 
     try:
         require_run_id("train-detector", args.run_id or cfg.run.run_id, args.address)  # before init_ray
@@ -45,10 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_id = args.run_id or cfg.run.run_id or time.strftime("detector-%Y%m%d-%H%M%S")
     write_resolved(cfg, args.out)
+    with exclusive_run(cfg, run_id, "train-detector"):  # one driver per run id
+        return _train(args, cfg, run_id)
+
+
+def _train(args, cfg, run_id: str) -> int:
+    from grounding import storage
+    from grounding.ray_detector import run_train_detector
+    from grounding.ray_runtime import init_ray
+    from grounding.run_checks import RunStateError, check_resume_state
+
     init_ray(args.address)
     try:
-        from grounding import storage
-
         # same storage rule as run_train_detector; a damaged run folder fails before fit() (reliability A6/A7)
         check_resume_state(cfg.run.storage_path or os.path.abspath(storage.join(cfg.run.work_dir, "ray_storage")),
                            run_id)

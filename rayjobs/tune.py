@@ -16,9 +16,11 @@ import json
 import logging
 import sys
 
-from rayjobs._cli import build_config, common_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, exclusive_run, setup_logging
 
 log = logging.getLogger("grounding.tune")
+INPUTS = {"space": ic.require_yaml_mapping, "rois": ic.require_rois, "word_vectors": ic.require_word_vectors}
 
 
 def get_args_parser(add_help: bool = True):
@@ -31,11 +33,13 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     from grounding.search_space import SearchSpaceError, check_against_config, load_space
 
+    check_inputs(args, INPUTS)
     try:
         space = load_space(args.space)
         args.overrides = space.fixed_overrides() + list(args.overrides)  # CLI --set wins over `fixed`
@@ -50,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"tune: cannot load word vectors from {args.word_vectors}: {err}", file=sys.stderr)
         return 2
+    check_inputs(args, {}, work_dir=cfg.run.work_dir)
+    with exclusive_run(cfg, args.name, "tune"):  # one driver per experiment name
+        return _search(args, cfg, space)
+
+
+def _search(args, cfg, space) -> int:
     from grounding.ray_runtime import init_ray
     from grounding.ray_tune import run_search
+    from grounding.search_space import SearchSpaceError
 
     init_ray(args.address)
     try:

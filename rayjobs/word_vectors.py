@@ -9,7 +9,12 @@ import functools
 import logging
 import sys
 
-from rayjobs._cli import build_config, get_args_parser as common_parser, setup_logging
+from grounding import input_checks as ic
+from rayjobs._cli import (build_config, check_inputs, clean_exit, get_args_parser as common_parser,
+                          setup_logging)
+
+INPUTS = {"manifest": ic.require_manifest_text, "indiana": ic.require_indiana,
+          "texts": ic.require_text_folder, "out": ic.require_writable_folder}
 
 log = logging.getLogger("rayjobs.word_vectors")
 
@@ -24,11 +29,13 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
+@clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     logging.getLogger("gensim").setLevel(logging.WARNING)  # per-epoch lines drown the table
     cfg = build_config(args).word_vectors
+    check_inputs(args, INPUTS)
     from grounding import word_vectors
 
     if not (args.manifest or args.indiana or args.texts):

@@ -120,11 +120,13 @@ def test_train_jobs_refuse_a_missing_run_id_on_a_cluster(tmp_path, monkeypatch, 
     addr = ["--address", "127.0.0.1:1"] if via == "flag" else []
     if via == "env":
         monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    from test_bad_input import make_prepared, make_rois
+
     write_test_vectors(tmp_path / "wv")
-    rc = train.main(["--rois", str(tmp_path / "r.parquet"), "--word-vectors", str(tmp_path / "wv"),
+    rc = train.main(["--rois", str(make_rois(tmp_path)), "--word-vectors", str(tmp_path / "wv"),
                      "--work-dir", str(tmp_path / "w"), *addr])
     assert rc == 2 and "no run id" in capsys.readouterr().err
-    rc = train_detector.main(["--prepared", str(tmp_path / "p"), "--out", str(tmp_path / "d"),
+    rc = train_detector.main(["--prepared", str(make_prepared(tmp_path)), "--out", str(tmp_path / "d"),
                               "--work-dir", str(tmp_path / "w"), *addr])
     assert rc == 2 and "no run id" in capsys.readouterr().err
     assert not (tmp_path / "w" / "train").exists()  # nothing was started

@@ -178,7 +178,9 @@ def test_job_checkpoint_without_predict_module_is_a_clear_error(tmp_path, capsys
     root = tmp_path / "covid"
     (root / "images").mkdir(parents=True)
     (root / "metadata.csv").write_text("patientid,offset,view,modality,filename,finding,clinical_notes\n")
-    rc = job.main(["--dataset", "covid", "--root", str(root), "--checkpoint", "ck.pt",
+    from test_bad_input import make_checkpoint  # passes the input check; the import failure comes next
+
+    rc = job.main(["--dataset", "covid", "--root", str(root), "--checkpoint", str(make_checkpoint(tmp_path)),
                    "--out", str(tmp_path / "o"), "--no-ray"])
     assert rc == 2 and "--checkpoint needs grounding.predict" in capsys.readouterr().err
 

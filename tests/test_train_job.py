@@ -26,8 +26,10 @@ def test_parser_and_missing_word_vectors_fail_cleanly(tmp_path, capsys):
 
     args = train.get_args_parser().parse_args(["--rois", "r", "--word-vectors", "w", "--run-id", "x"])
     assert (args.rois, args.word_vectors, args.run_id) == ("r", "w", "x")
-    rc = train.main(["--rois", str(tmp_path), "--word-vectors", str(tmp_path / "nope")])
-    assert rc == 2 and "cannot load word vectors" in capsys.readouterr().err
+    from test_bad_input import make_rois
+
+    rc = train.main(["--rois", str(make_rois(tmp_path)), "--word-vectors", str(tmp_path / "nope")])
+    assert rc == 2 and f"--word-vectors {tmp_path / 'nope'}: no such file" in capsys.readouterr().err
 
 
 def test_loop_config_is_plain_data_and_checks_vectors(tmp_path):
