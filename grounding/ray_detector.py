@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -276,7 +277,8 @@ def _write_shards(batches, out: str, done: set[str], rows_per_shard: int) -> int
     seen = set(done)
     pending: list[pa.Table] = []
     n_pending = written = 0
-    part = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+    # unique per call: a rerun in the same second and process must not overwrite an earlier shard
+    part = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     shard = 0
 
     def flush() -> None:

@@ -145,11 +145,12 @@ class Job:
     out: str
     extra: list[str] = field(default_factory=list)
     out_is_file: bool = False
+    given: dict[str, str] = field(default_factory=dict)  # flag (or FILE) -> kind: always valid, not in the table
 
 
 JOBS = [
     Job("synth", {"--config": "config"}, "--out"),
-    Job("inspect", {"--config": "config"}, "--png"),  # a bad FILE is quarantined (exit 0), not refused
+    Job("inspect", {"--config": "config"}, "--png", given={"FILE": "texts"}),  # a bad FILE is quarantined, not refused
     Job("prepare", {"--manifest": "manifest"}, "--out"),
     Job("prepare", {"--root": "root"}, "--out", ["--dataset", "rsna"]),
     Job("attributes", {"--manifest": "manifest"}, "--out", out_is_file=True),
@@ -164,7 +165,7 @@ JOBS = [
         "--work-dir", ["--set", "train.mode=streaming"]),
     Job("tune", {"--space": "space", "--rois": "rois", "--word-vectors": "word_vectors"}, "--work-dir",
         ["--name", "t1"]),
-    Job("predict", {"--checkpoint": "checkpoint", "--detector": "checkpoint"}, "--out"),
+    Job("predict", {"--checkpoint": "checkpoint", "--detector": "checkpoint"}, "--out", given={"FILE": "texts"}),
     Job("evaluate", {"--rois": "rois", "--checkpoint": "checkpoint", "--checkpoint-no-cls": "checkpoint",
                      "--prepared": "prepared", "--history": "history", "--manifest": "manifest"}, "--out"),
     Job("severity-cv", {"--predictions": "severity"}, "--out"),
@@ -198,7 +199,7 @@ def _bad(tmp: Path, kind: str, case: str) -> Path:
 def _argv(job: Job, tmp: Path, bad_flag: str | None, bad_path: Path | None, out: Path | None) -> list[str]:
     args: list[str] = []
     positional: list[str] = []
-    for flag, kind in job.inputs.items():
+    for flag, kind in {**job.given, **job.inputs}.items():
         if flag == bad_flag:
             value = str(bad_path)
         elif kind == "config":
