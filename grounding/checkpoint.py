@@ -213,7 +213,8 @@ def export_model(
 
 
 __all__ = [
-    "CHECKPOINT_FILE", "CheckpointError", "FORMAT", "MODEL_FILE", "capture_rng", "checkpoint_due", "export_model",
+    "CHECKPOINT_FILE", "CheckpointError", "FORMAT", "MODEL_FILE", "capture_rng", "checkpoint_due",
+    "export_model",
     "load_checkpoint", "load_file", "load_model", "restore_rng", "save_checkpoint", "save_file", "sha256_file", "verify",
 ]
 

@@ -269,12 +269,13 @@ def stage_rows(stages_by_size: dict[int, dict], label: str) -> list[Row]:
     """Per training stage: wall / (start-up + compute) at each size, from ``pipeline.json`` ``stages``."""
     rows = []
     for name in TRAINING_STAGES:
-        got = {k: st[name] for k, st in stages_by_size.items() if st.get(name, {}).get("startup_s") is not None}
+        got = {k: st[name] for k, st in stages_by_size.items()
+               if st.get(name, {}).get("startup_s") is not None}
         if not got:
             continue
         ratio = {k: v["wall_over_startup_compute"] for k, v in got.items()}
-        parts = "; ".join(f"{k}x: wall {v['wall_s']} s, start-up {v['startup_s']} s, compute {v['compute_s']} s"
-                          for k, v in got.items())
+        parts = "; ".join(f"{k}x: wall {v['wall_s']} s, start-up {v['startup_s']} s, "
+                          f"compute {v['compute_s']} s" for k, v in got.items())
         rows.append(Row(f"{label}: {name} wall / (start-up + compute)", "x", ratio, {}, scales=False,
                         note=f"goal <= {STAGE_GOAL}; {parts}"))
     return rows

@@ -211,7 +211,8 @@ def _train_detector(cfg: GroundingConfig, prepared: Path, out: Path, run_id: str
     from grounding.ray_detector import run_train_detector
 
     metrics = run_train_detector(cfg, str(prepared), str(out), run_id)
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}  # incl. startup_s, compute_s
+    # incl. startup_s and compute_s (pipeline.json's stage clock)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
 
 
 def _extract_rois(cfg: GroundingConfig, prepared: Path, detector: Path, out: Path) -> dict:

@@ -10,12 +10,14 @@ Checkpoints: every ``train.checkpoint_every`` (k) epochs and after the last epoc
 so the best is never lost. Epochs in between only report metrics (no checkpoint).
 
 Resume: same ``storage_path`` + run id = same Ray run; the worker restores model, optimizer, RNG,
-metric history and epoch from ``ray.train.get_checkpoint()``: a crash redoes at most k epochs. Ray's local mode (``num_workers=0``)
+metric history and epoch from ``ray.train.get_checkpoint()``: a crash redoes at most k epochs.
+Ray's local mode (``num_workers=0``)
 keeps checkpoints in memory only, so there the worker keeps its own checkpoint folders under
 ``<storage>/<run_id>/local_checkpoints`` and resumes from the newest valid one.
 
 Outputs under ``<work_dir>/train/<run_id>/``: ``metrics.jsonl`` (one line appended per epoch; a
-resumed run first cuts it back to the checkpointed history, so it never duplicates an epoch), ``tensorboard/``,
+resumed run first cuts it back to the checkpointed history, so it never duplicates an epoch),
+``tensorboard/``,
 ``config.yaml``, and at the end ``model.pt`` (+ ``.sha256``) with the best-validation weights.
 """
 
@@ -281,7 +283,8 @@ def _streaming_rois(config: dict, device: torch.device):
 
 def _report(cfg, config, rank, epoch, model, optimizer, history, best_state, metrics, local_root,
             save: bool) -> None:
-    """Checkpoint from rank 0 when ``save`` (fresh folder per report), then the report barrier on every rank."""
+    """Checkpoint from rank 0 when ``save`` (fresh folder per report), then the report barrier on
+    every rank."""
     import ray.train
 
     ckpt_dir = None
@@ -505,6 +508,7 @@ def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = ""
 
 
 __all__ = [
-    "TrainRunResult", "fit_clock", "make_loop_config", "new_run_id", "prepared_datasets", "roi_datasets", "run_training",
+    "TrainRunResult", "fit_clock", "make_loop_config", "new_run_id", "prepared_datasets", "roi_datasets",
+    "run_training",
     "train_fn_per_worker",
 ]

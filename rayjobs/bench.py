@@ -34,7 +34,8 @@ def get_args_parser(add_help: bool = True):
     parser.add_argument("--device", default="auto", help="all/rois: cpu, cuda or auto")
     parser.add_argument("--sections", help="all: comma-separated subset of ingest,rois,train,streaming,tune,e2e")
     parser.add_argument("--tune-trials", type=int, default=4, help="tune: trials per size")
-    parser.add_argument("--e2e-profile", default="smoke", help="e2e: the pipeline profile to time (smoke, default, ...)")
+    parser.add_argument("--e2e-profile", default="smoke",
+                        help="e2e: the pipeline profile to time (smoke, default, claim, ...)")
     return parser
 
 

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 SETTINGS = {
-    "before: Ray's 2 s poll, checkpoint every epoch": {"train.report_poll_s": 2.0, "train.checkpoint_every": 1},
+    "before: Ray's 2 s poll, checkpoint every epoch": {"train.report_poll_s": 2.0,
+                                                        "train.checkpoint_every": 1},
     "poll 0.1 s, checkpoint every epoch": {"train.report_poll_s": 0.1, "train.checkpoint_every": 1},
     "after: defaults (poll 0.1 s, checkpoint every 10)": {},
 }
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     results = {}
     for i, (name, overrides) in enumerate(SETTINGS.items()):
-        results[name] = measure(base.with_overrides(overrides), str(rois), synthetic_vectors(8), f"overhead-{i}")
+        cfg = base.with_overrides(overrides)
+        results[name] = measure(cfg, str(rois), synthetic_vectors(8), f"overhead-{i}")
         r = results[name]
         print(f"{name}: per-epoch framework {r['per_epoch_framework_s_median']} s (median; mean "
               f"{r['per_epoch_framework_s_mean']}), start-up {r['startup_s']} s, compute {r['compute_s']} s, "

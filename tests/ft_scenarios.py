@@ -5,7 +5,8 @@
 
 Each scenario owns its Ray (own temp dir, so its processes and logs are told apart from any other
 Ray on the machine and from the pytest process's session Ray), trains the grounding model on a tiny
-synthetic ROI cache with a checkpoint per epoch (``train.checkpoint_every=1``), and from a watcher thread kills something once
+synthetic ROI cache with a checkpoint per epoch (``train.checkpoint_every=1``), and from a watcher
+thread kills something once
 ``min_epochs`` epochs are in ``metrics.jsonl`` (i.e. mid-way through the next epoch):
 
 * ``worker-kill``: SIGKILL the RayTrainWorker process (single node).
