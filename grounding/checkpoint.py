@@ -72,6 +72,12 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
+def checkpoint_due(epoch: int, every: int, final: bool) -> bool:
+    """Checkpoint after 0-based ``epoch``? Every ``every``-th epoch (epochs every-1, 2*every-1, ...) and
+    the ``final`` one, so a crash redoes at most ``every`` epochs and a finished run is always saved."""
+    return final or (epoch + 1) % every == 0
+
+
 def save_file(path: str | Path, payload: Mapping[str, Any]) -> str:
     """``torch.save`` atomically, then write the sha256 sidecar (atomically, last). Returns the sha."""
     path = Path(path)
@@ -212,7 +218,8 @@ def export_model(
 
 
 __all__ = [
-    "CHECKPOINT_FILE", "CheckpointError", "FORMAT", "MODEL_FILE", "capture_rng", "export_model",
+    "CHECKPOINT_FILE", "CheckpointError", "FORMAT", "MODEL_FILE", "capture_rng", "checkpoint_due",
+    "export_model",
     "load_checkpoint", "load_file", "load_model", "restore_rng", "save_checkpoint", "save_file", "sha256_file", "verify",
 ]
 

@@ -391,6 +391,12 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 2
     checkpoints_to_keep: int = 2
+    # a checkpoint every k epochs, plus the last (best weights ride in every one); a crash redoes <= k
+    # epochs. Also used by train-detector.
+    checkpoint_every: int = 10
+    # Ray Train's controller polls the workers this often (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, Ray's
+    # default 2 s): each report waits for the next poll, so the default cost ~1.5 s per epoch
+    report_poll_s: float = 0.1
     max_consecutive_nonfinite: int = 3  # NaN/Inf steps in a row before NonFiniteLossError
     shuffle_buffer_batches: int = 4  # local shuffle buffer, in batches (0 = no shuffle)
     materialize: bool = True  # cache the ROI datasets in the object store once (False: stream Parquet each epoch)
@@ -405,6 +411,8 @@ class TrainConfig:
         _check(self.cpus_per_worker > 0, f"{prefix}.cpus_per_worker", "must be > 0")
         _check(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1 = forever)")
         _check(self.checkpoints_to_keep >= 1, f"{prefix}.checkpoints_to_keep", "must be >= 1")
+        _check(self.checkpoint_every >= 1, f"{prefix}.checkpoint_every", "must be >= 1")
+        _check(0.01 <= self.report_poll_s <= 60.0, f"{prefix}.report_poll_s", "must be in [0.01, 60]")
 
 
 @dataclass(frozen=True)

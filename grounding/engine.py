@@ -167,6 +167,29 @@ def attribute_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def attribute_auc_torch(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`attribute_auc` on the tensors' device (no host copy of the validation outputs).
+
+    Mann-Whitney form with tie-averaged ranks, which is what ``roc_auc_score`` computes. Returns a
+    0-d float64 tensor (NaN when no attribute has both classes).
+    """
+    p, t = probabilities.double(), targets.double()
+    n = p.shape[0]
+    aucs = []
+    for j in range(p.shape[1]):
+        values, order = torch.sort(p[:, j])
+        _, inverse, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
+        last = torch.cumsum(counts, 0).double()  # 1-based rank of each tie group's last member
+        ranks = torch.empty(n, dtype=torch.float64, device=p.device)
+        ranks[order] = (last - (counts.double() - 1.0) / 2.0)[inverse]
+        pos = t[:, j].sum()
+        neg = n - pos
+        aucs.append((ranks @ t[:, j] - pos * (pos + 1.0) / 2.0) / (pos * neg))
+    auc = torch.stack(aucs)
+    both = (t.sum(0) > 0) & (t.sum(0) < n)
+    return auc[both].mean() if n else torch.tensor(float("nan"), dtype=torch.float64)
+
+
 @torch.no_grad()
 def evaluate_epoch(
     model: torch.nn.Module,
@@ -179,11 +202,15 @@ def evaluate_epoch(
     alpha_distill: float = 0.0,
     alpha_distill_temperature: float = 9.0,
 ) -> EvalStats:
-    """Validation: mean losses (non-finite batches excluded), attribute probabilities and macro AUC."""
+    """Validation: mean losses (non-finite batches excluded) and macro AUC of the attribute probabilities.
+
+    Everything stays on ``device`` until one read-back at the end (a per-batch ``.item()`` or host
+    copy would wait for the device every batch). ``probabilities``/``targets`` are left ``None``.
+    """
     device = torch.device(device)
     model.eval()
-    sums = np.zeros(3)
-    n_loss = 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    n_loss = torch.zeros((), dtype=torch.float64, device=device)
     probs, targets = [], []
     for batch in batches:
         if batch is None or not len(batch):
@@ -192,19 +219,20 @@ def evaluate_epoch(
         out = model(**batch.model_inputs())
         parts = output_loss(out, batch.targets, beta, use_classification, bce_weight,
                             alpha_distill, alpha_distill_temperature)
-        probs.append(out.probabilities.float().cpu().numpy())
-        targets.append(batch.targets.cpu().numpy())
-        if torch.isfinite(parts.total):
-            sums += len(batch) * np.array([parts.total.item(), parts.triplet.item(), parts.bce.item()])
-            n_loss += len(batch)
+        probs.append(out.probabilities.float())
+        targets.append(batch.targets.float())
+        ok = torch.isfinite(parts.total).double()  # a non-finite batch adds 0 * its (finite-masked) loss
+        row = torch.stack([parts.total, parts.triplet, parts.bce]).double()
+        sums += len(batch) * ok * torch.nan_to_num(row, nan=0.0, posinf=0.0, neginf=0.0)
+        n_loss += len(batch) * ok
     stats = EvalStats()
     if probs:
-        stats.probabilities = np.concatenate(probs)
-        stats.targets = np.concatenate(targets)
-        stats.samples = len(stats.targets)
-        stats.auc = attribute_auc(stats.probabilities, stats.targets)
-    if n_loss:
-        stats.loss, stats.triplet, stats.bce = (sums / n_loss).tolist()
+        p, t = torch.cat(probs), torch.cat(targets)
+        stats.samples = int(t.shape[0])
+        stats.auc = float(attribute_auc_torch(p, t).item())
+    n = float(n_loss.item())
+    if n:
+        stats.loss, stats.triplet, stats.bce = (sums / n).tolist()
     return stats
 
 
@@ -244,6 +272,7 @@ def progress_line(m: dict) -> str:
 
 
 __all__ = [
-    "EpochStats", "EvalStats", "NonFiniteLossError", "attribute_auc", "epoch_metrics", "evaluate_epoch",
+    "EpochStats", "EvalStats", "NonFiniteLossError", "attribute_auc", "attribute_auc_torch", "epoch_metrics",
+    "evaluate_epoch",
     "progress_line", "should_stop", "train_one_epoch",
 ]

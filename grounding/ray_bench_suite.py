@@ -261,11 +261,31 @@ def bench_tune_section(cfg: GroundingConfig, opts: SuiteOptions, work: Path, tmp
                 f"{Path(opts.tune_space).stem} space)", "trials/h", tph, peaks)]
 
 
+TRAINING_STAGES = ("detector", "grounding", "grounding_no_cls")  # the pipeline's Ray Train stages
+STAGE_GOAL = 1.25  # wall time <= 1.25 x (Ray Train start-up + compute)
+
+
+def stage_rows(stages_by_size: dict[int, dict], label: str) -> list[Row]:
+    """Per training stage: wall / (start-up + compute) at each size, from ``pipeline.json`` ``stages``."""
+    rows = []
+    for name in TRAINING_STAGES:
+        got = {k: st[name] for k, st in stages_by_size.items()
+               if st.get(name, {}).get("startup_s") is not None}
+        if not got:
+            continue
+        ratio = {k: v["wall_over_startup_compute"] for k, v in got.items()}
+        parts = "; ".join(f"{k}x: wall {v['wall_s']} s, start-up {v['startup_s']} s, "
+                          f"compute {v['compute_s']} s" for k, v in got.items())
+        rows.append(Row(f"{label}: {name} wall / (start-up + compute)", "x", ratio, {}, scales=False,
+                        note=f"goal <= {STAGE_GOAL}; {parts}"))
+    return rows
+
+
 def bench_e2e_section(opts: SuiteOptions, work: Path, tmp: Path) -> list[Row]:
     from grounding.ray_pipeline import run_pipeline
 
-    base = load_config(opts.e2e_profile)
-    minutes, peaks = {}, {}
+    base = load_config(None if opts.e2e_profile == "default" else opts.e2e_profile)
+    minutes, peaks, stages = {}, {}, {}
     for k in opts.sizes:
         s = base.synth
         synth = replace(s, n_site_a=s.n_site_a * k, n_site_b=s.n_site_b * k, n_site_b_boxed=s.n_site_b_boxed * k,
@@ -274,14 +294,18 @@ def bench_e2e_section(opts: SuiteOptions, work: Path, tmp: Path) -> list[Row]:
         start = time.perf_counter()
         _, peaks[k] = _measure(lambda c=c: {"state": run_pipeline(c, fresh=True)})
         minutes[k] = round((time.perf_counter() - start) / 60, 2)
+        stages[k] = json.loads((tmp / f"e2e-{k}x" / "pipeline.json").read_text()).get("stages", {})
     rows = [Row(f"end to end: pipeline, {opts.e2e_profile} profile", "min", minutes, peaks, higher_is_better=False)]
+    rows += stage_rows(stages, f"{opts.e2e_profile} pipeline")
     as_run = work / "pipeline.json"
     if as_run.exists():
-        total = json.loads(as_run.read_text()).get("stages_total_s")
+        recorded = json.loads(as_run.read_text())
+        total = recorded.get("wall_s") or recorded.get("stages_total_s")
         if total:
             rows.append(Row("end to end: pipeline, default profile (as last run)", "min",
                             {min(opts.sizes): round(total / 60, 2)}, {}, higher_is_better=False,
                             note=f"{work}/pipeline.json"))
+        rows += stage_rows({min(opts.sizes): recorded.get("stages", {})}, "default pipeline (as last run)")
     return rows
 
 

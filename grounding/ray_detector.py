@@ -3,8 +3,10 @@
 train-detector: every worker reads the prepared Parquet itself (only the detector rows and the
 columns it needs) and takes its share of a shared shuffled order (``detector_engine.rank_batches``,
 equal steps per rank so DDP never hangs). Simpler than a Ray Data split and enough for box-labelled
-sets (RSNA: ~27k images, 1.7 GiB of 256 px uint8 per worker). Rank 0 checkpoints every epoch into a
-fresh temp dir; the run resumes by name (same ``run_id`` + storage path -> ``get_checkpoint()``).
+sets (RSNA: ~27k images, 1.7 GiB of 256 px uint8 per worker). Rank 0 checkpoints every
+``train.checkpoint_every`` epochs and after the last into a fresh temp dir (the other epochs only
+report metrics); the run resumes by name (same ``run_id`` + storage path -> ``get_checkpoint()``) and
+redoes at most that many epochs.
 
 extract-rois: Ray Data streams the prepared shards through an actor pool of frozen detectors
 (one per GPU, else one CPU actor), and the driver writes the ROI cache shards itself (atomic files,
@@ -29,6 +31,7 @@ import torch
 from grounding import detector as det
 from grounding import detector_engine as eng
 from grounding import metrics, storage
+from grounding.checkpoint import checkpoint_due
 from grounding.config import GroundingConfig, RoiFeatures, RoiPool
 from grounding.prepared import PREPARED_SCHEMA, bytes_to_pixels, read_prepared
 from grounding.rois import extract_rois, read_roi_cache, roi_columns
@@ -93,7 +96,10 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             scheduler.load_state_dict(state["scheduler"])
         if rank == 0:
             print(f"[train-detector] resumed from epoch {start - 1}", flush=True)
+    compute_s, first_start = 0.0, None  # this attempt's clock: fit() reports start-up and compute apart
     for epoch in range(start, d.epochs):
+        epoch_start = time.time()
+        first_start = first_start or epoch_start
         batches = eng.rank_batches(train, rank, world, d.batch_size, d.seed, epoch)
         # augmentation RNG per (seed, epoch, rank): a resumed epoch sees the same augmentation
         gen = torch.Generator().manual_seed(d.seed * 1_000_003 + epoch * 1009 + rank)
@@ -101,18 +107,23 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                                     d.photometric, gen, d.scale_jitter)
         report = {"epoch": epoch, "train_loss": stats["loss"], "train_loss_classification":
                   stats["loss_classification"], "train_loss_box": stats["loss_box"]}
+        if rank == 0:
+            report.update(metrics.prefixed(eng.evaluate(core, val, (0.25, 0.5), d.batch_size, device)))
+            if epoch == d.epochs - 1:
+                report.update(metrics.prefixed(eng.evaluate(core, held, (0.25, 0.5), d.batch_size, device),
+                                               HELDOUT_PREFIX))
+        compute_s += time.time() - epoch_start
+        report.update(compute_s=compute_s, first_epoch_start_time=first_start)
+        save = checkpoint_due(epoch, cfg.train.checkpoint_every, epoch == d.epochs - 1)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
-            if rank == 0:
-                report.update(metrics.prefixed(eng.evaluate(core, val, (0.25, 0.5), d.batch_size, device)))
-                if epoch == d.epochs - 1:
-                    report.update(metrics.prefixed(eng.evaluate(core, held, (0.25, 0.5), d.batch_size, device),
-                                                   HELDOUT_PREFIX))
+            if rank == 0 and save:
                 torch.save({"model": {k: v.cpu() for k, v in core.state_dict().items()},
                             "optimizer": optimizer.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else {},
                             "image_size": image_size}, os.path.join(folder, STATE_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
+            if rank == 0:
                 print(_progress(epoch, d.epochs, stats, report), flush=True)
             ray.train.report(report, checkpoint=checkpoint)  # a barrier: every rank calls it
     if rank == 0:
@@ -131,10 +142,14 @@ def _progress(epoch: int, epochs: int, stats: dict, report: dict) -> str:
 
 
 def run_train_detector(cfg: GroundingConfig, prepared: str, out: str, run_id: str) -> dict[str, Any]:
-    """Fit the detector with a TorchTrainer; returns the last reported metrics (+ ``detector``)."""
+    """Fit the detector with a TorchTrainer; returns the last reported metrics (+ ``detector``,
+    ``fit_s``, ``startup_s``: fit() start -> first epoch, ``compute_s``: train + validation seconds)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from grounding.ray_runtime import set_report_poll
+
+    set_report_poll(cfg.train.report_poll_s)
     d = cfg.detector
     sizes = read_prepared(prepared, columns=["image_size"]).column("image_size").unique().to_pylist()
     if len(sizes) != 1:
@@ -161,11 +176,17 @@ def run_train_detector(cfg: GroundingConfig, prepared: str, out: str, run_id: st
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=d.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=d.max_failures)),
     )
+    t0, wall0 = time.perf_counter(), time.time()
     result = trainer.fit()
+    fit_s = time.perf_counter() - t0
     if result.error:
         raise result.error
     out_metrics = dict(result.metrics or {})
     out_metrics["detector"] = storage.join(out, det.DETECTOR_FILE)
+    first = out_metrics.pop("first_epoch_start_time", None)
+    ran = first is not None and first >= wall0  # no epoch ran in this fit: a resumed, finished run
+    out_metrics.update(fit_s=fit_s, startup_s=first - wall0 if ran else fit_s,
+                       compute_s=out_metrics.get("compute_s", 0.0) if ran else 0.0)
     return out_metrics
 
 

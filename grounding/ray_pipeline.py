@@ -5,6 +5,11 @@ attributes -> prepare -> word vectors -> train detector -> extract ROIs -> train
 (with and without classification) -> evaluate -> severity CV. Every stage writes into
 ``<work_dir>/<stage>`` and finishes by writing ``_DONE.json`` there; a re-run skips finished stages,
 so an interrupted pipeline continues where it stopped (``fresh=True`` redoes everything).
+
+The two grounding variants train at the same time (two driver threads, two TorchTrainers) when the
+cluster has the CPUs/GPUs for both, so their Ray Train start-ups and teardowns overlap; else one after
+the other. ``pipeline.json`` records, per stage, ``wall_s`` and for the training stages the Ray Train
+``startup_s`` (fit() start -> first epoch) and ``compute_s`` (train + validation seconds).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,9 @@ class PipelineState:
     work: Path
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent in this run (0 = skipped)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # seconds each stage took when it ran
+    stages: dict[str, dict] = field(default_factory=dict)  # wall_s / startup_s / compute_s when it ran
     outputs: dict[str, str] = field(default_factory=dict)
+    concurrent: list[str] = field(default_factory=list)  # stages that ran side by side in this run
 
     def dir(self, stage: str) -> Path:
         return self.work / stage
@@ -44,6 +52,7 @@ def _stage(state: PipelineState, name: str, fn: Callable[[Path], dict], fresh: b
         print(f"[pipeline] {name}: done already ({info.get('seconds', '?')} s), skipped", flush=True)
         state.timings[name] = 0.0
         state.stage_seconds[name] = float(info.get("seconds", 0.0))
+        state.stages[name] = stage_clock(info)
         return info
     if out.exists():
         shutil.rmtree(out)
@@ -54,12 +63,58 @@ def _stage(state: PipelineState, name: str, fn: Callable[[Path], dict], fresh: b
     info["seconds"] = round(time.perf_counter() - start, 1)
     storage.atomic_write_text(marker, json.dumps(info, indent=2, default=str))
     state.timings[name] = state.stage_seconds[name] = info["seconds"]
+    state.stages[name] = stage_clock(info)
     print(f"[pipeline] {name}: {info['seconds']} s", flush=True)
     return info
 
 
+def stage_clock(info: dict) -> dict:
+    """``wall_s``; for a Ray Train stage also ``startup_s``, ``compute_s`` and their ratio to the wall."""
+    wall = float(info.get("seconds", 0.0))
+    if "startup_s" not in info:
+        return {"wall_s": wall, "startup_s": None, "compute_s": None}
+    startup, compute = float(info["startup_s"]), float(info["compute_s"])
+    ratio = round(wall / (startup + compute), 3) if startup + compute > 0 else None
+    return {"wall_s": wall, "startup_s": round(startup, 1), "compute_s": round(compute, 1),
+            "wall_over_startup_compute": ratio}
+
+
+def room_for_concurrent(cfg: GroundingConfig, runs: int) -> bool:
+    """Whether ``runs`` grounding trainings fit on the cluster's free CPUs/GPUs at once (Ray workers only:
+    local mode trains in the driver process)."""
+    import ray
+
+    t = cfg.train
+    if t.num_workers == 0:
+        return False
+    free = ray.available_resources()
+    need_cpu = runs * t.num_workers * t.cpus_per_worker
+    need_gpu = runs * t.num_workers if t.use_gpu else 0
+    return free.get("CPU", 0.0) >= need_cpu and free.get("GPU", 0.0) >= need_gpu
+
+
+def _side_by_side(jobs: list[Callable[[], dict]]) -> None:
+    """Run ``jobs`` in threads; re-raise the first failure after all have ended."""
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], dict]) -> None:
+        try:
+            job()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def run_pipeline(cfg: GroundingConfig, fresh: bool = False) -> PipelineState:
     """Run every stage on the current Ray cluster; returns where everything went."""
+    started = time.perf_counter()
     state = PipelineState(cfg=cfg, work=Path(cfg.run.work_dir).absolute())
     state.work.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, state.work)
@@ -78,17 +133,28 @@ def run_pipeline(cfg: GroundingConfig, fresh: bool = False) -> PipelineState:
     detector_file = state.dir("detector") / "detector.pt"
     detector_cfg = replace(cfg.detector, weights_path=str(detector_file),
                            weights_sha256=_read_sha(detector_file)) if detector_file.exists() else cfg.detector
+    jobs = {}
     for name, with_cls in (("grounding", True), ("grounding_no_cls", False)):
         # The model's config records the frozen detector (path + sha256): predict needs only the model file.
         variant = replace(cfg, loss=replace(cfg.loss, use_classification=with_cls), detector=detector_cfg)
-        _stage(state, name, lambda out, v=variant, n=name: _train_grounding(
+        jobs[name] = lambda v=variant, n=name: _stage(state, n, lambda out: _train_grounding(
             v, state.dir("rois"), state.dir("word_vectors"), out, f"{run_id}-{n}"), fresh)
+    todo = [n for n in jobs if fresh or not (state.dir(n) / DONE).exists()]
+    if len(todo) > 1 and room_for_concurrent(cfg, len(todo)):
+        print(f"[pipeline] {' and '.join(todo)} side by side", flush=True)
+        state.concurrent = todo
+        _side_by_side([jobs[n] for n in todo])
+    for name in jobs:  # the rest in order (a finished one is skipped again, which records its clock)
+        if name not in state.concurrent:
+            jobs[name]()
     _stage(state, "evaluation", lambda out: _evaluate(cfg, state, out), fresh)
     _stage(state, "severity", lambda out: _severity(cfg, state, out), fresh)
     storage.atomic_write_text(state.work / "pipeline.json",
                               json.dumps({"timings_s": state.timings, "total_s": sum(state.timings.values()),
                                           "stage_seconds": state.stage_seconds,
                                           "stages_total_s": round(sum(state.stage_seconds.values()), 1),
+                                          "wall_s": round(time.perf_counter() - started, 1),
+                                          "stages": state.stages, "concurrent": state.concurrent,
                                           "skipped": [k for k, v in state.timings.items() if v == 0.0]},
                                          indent=2))
     return state
@@ -162,6 +228,7 @@ def _train_detector(cfg: GroundingConfig, prepared: Path, out: Path, run_id: str
     from grounding.ray_detector import run_train_detector
 
     metrics = run_train_detector(cfg, str(prepared), str(out), run_id)
+    # incl. startup_s and compute_s (pipeline.json's stage clock)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
 
 
@@ -187,7 +254,8 @@ def _train_grounding(cfg: GroundingConfig, rois: Path, word_vectors_dir: Path, o
         shutil.copy2(history, out / "metrics.jsonl")
     last = result.history[-1] if result.history else {}
     return {"run_id": run_id, "epochs": len(result.history), "fit_seconds": round(result.fit_seconds, 1),
-            **{k: v for k, v in last.items() if isinstance(v, (int, float))}}
+            **{k: v for k, v in last.items() if isinstance(v, (int, float))},
+            "startup_s": round(result.startup_s, 2), "compute_s": round(result.compute_s, 2)}
 
 
 def _evaluate(cfg: GroundingConfig, state: PipelineState, out: Path) -> dict:

@@ -38,6 +38,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         os.environ["RAY_ADDRESS"] = ctx.address_info["address"]
 
 
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # ray/train/v2/_internal/constants.py
+
+
+def set_report_poll(seconds: float) -> None:
+    """How often Ray Train's controller polls its workers (``train.report_poll_s``).
+
+    Each ``ray.train.report`` is a barrier that returns only after the controller's next poll, which
+    Ray 2.60 does every 2 s: that wait was most of the per-epoch framework cost. Ray reads the variable
+    from the driver's environment when ``fit()`` starts and passes it on to the controller and workers.
+    """
+    os.environ[HEALTH_CHECK_ENV] = repr(float(seconds))
+
+
 def cluster_cpus() -> int:
     import ray
 

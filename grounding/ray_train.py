@@ -5,13 +5,19 @@ workers with ``streaming_split(equal=True)`` (``DataConfig(datasets_to_split=["t
 rank takes the same number of steps; ``val`` (purpose grounding, split val) is read whole by every
 rank, so the validation loss needs no collective.
 
+Checkpoints: every ``train.checkpoint_every`` (k) epochs and after the last epoch (the end of
+``optim.max_epochs`` or early stopping); every checkpoint carries the best-validation weights so far,
+so the best is never lost. Epochs in between only report metrics (no checkpoint).
+
 Resume: same ``storage_path`` + run id = same Ray run; the worker restores model, optimizer, RNG,
-metric history and epoch from ``ray.train.get_checkpoint()``. Ray's local mode (``num_workers=0``)
+metric history and epoch from ``ray.train.get_checkpoint()``: a crash redoes at most k epochs.
+Ray's local mode (``num_workers=0``)
 keeps checkpoints in memory only, so there the worker keeps its own checkpoint folders under
 ``<storage>/<run_id>/local_checkpoints`` and resumes from the newest valid one.
 
-Outputs under ``<work_dir>/train/<run_id>/``: ``metrics.jsonl`` (one line per epoch, rewritten from
-the checkpointed history, so a resumed run never duplicates an epoch), ``tensorboard/``,
+Outputs under ``<work_dir>/train/<run_id>/``: ``metrics.jsonl`` (one line appended per epoch; a
+resumed run first cuts it back to the checkpointed history, so it never duplicates an epoch),
+``tensorboard/``,
 ``config.yaml``, and at the end ``model.pt`` (+ ``.sha256``) with the best-validation weights.
 """
 
@@ -34,7 +40,7 @@ import torch
 from grounding import engine
 from grounding.batching import GROUNDING_PURPOSE, TRAIN_COLUMNS, InMemoryShard, collate_iter, select_rows
 from grounding.checkpoint import (
-    CheckpointError, capture_rng, export_model, load_checkpoint, restore_rng, save_checkpoint,
+    CheckpointError, capture_rng, checkpoint_due, export_model, load_checkpoint, restore_rng, save_checkpoint,
 )
 from grounding.config import GroundingConfig, RoiFeatures, RoiPool, TrainMode
 from grounding.model import build_model
@@ -164,6 +170,8 @@ def train_fn_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
 
     trackers = _Trackers(run_dir, config["run_id"], start_epoch, cfg) if rank == 0 else None
+    if rank == 0:  # the checkpointed history; epochs a crashed attempt logged after it are redone
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     to_columns = _streaming_rois(config, device) if config.get("mode") == TrainMode.STREAMING.value else None
     fmt = "pyarrow" if to_columns else "numpy"
     train_shard = ray.train.get_dataset_shard("train")
@@ -174,13 +182,14 @@ def train_fn_per_worker(config: dict) -> None:
     if in_memory:  # one pass through Ray Data; later epochs shuffle row indices in memory
         train_rows = InMemoryShard(train_shard.iter_batches(batch_size=None, batch_format="pyarrow"), device)
         val_rows = InMemoryShard(val_shard.iter_batches(batch_size=None, batch_format="pyarrow"), device)
+    stop = _early_stop(cfg, history, device)  # a resumed run may have stopped already
+    compute_s = 0.0  # this attempt's train + validation seconds (fit() reports start-up and compute apart)
     for epoch in range(start_epoch, cfg.optim.max_epochs):
-        stop = engine.should_stop([h[engine.VAL_LOSS] for h in history], cfg.optim.early_stop_patience,
-                                  cfg.optim.early_stop_min_rel_change)
-        if _broadcast_flag(stop, device):
+        if stop:
             if rank == 0:
                 print(f"[grounding.train] early stopping after epoch {epoch - 1}", flush=True)
             break
+        epoch_start = time.time()
         epoch_seed = cfg.optim.seed + 1000 * epoch + rank if shuffle else None
         if in_memory:
             train_batches = train_rows.batches(bs, epoch_seed)
@@ -208,19 +217,27 @@ def train_fn_per_worker(config: dict) -> None:
         metrics = engine.epoch_metrics(epoch, tr, va)
         metrics["train_samples"] = tr.samples
         metrics["first_step_time"] = tr.first_step_time
+        metrics["epoch_start_time"] = epoch_start
         metrics["report_time"] = time.time()
+        compute_s += metrics["report_time"] - epoch_start
+        metrics["compute_s"] = compute_s
         history.append({k: metrics[k] for k in metrics})
         if math.isfinite(va.loss) and va.loss < best_loss:
             best_loss = va.loss
-            best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
-        _report(cfg, config, rank, epoch, model, optimizer, history, best_state, metrics, local_root)
+            best_state = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+        stop = _early_stop(cfg, history, device)
+        final = stop or epoch == cfg.optim.max_epochs - 1
+        save = checkpoint_due(epoch, cfg.train.checkpoint_every, final)
+        _report(cfg, config, rank, epoch, model, optimizer, history, best_state, metrics, local_root, save)
         if rank == 0:
             print(f"[grounding.train] {engine.progress_line(metrics)}", flush=True)  # worker stdout reaches the driver
-            atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            with open(run_dir / "metrics.jsonl", "a") as f:  # append: rewriting grows with the epoch count
+                f.write(json.dumps(metrics) + "\n")
             trackers.log(metrics)
     if rank == 0:
         trackers.close()
-        final = best_state or {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+        final = best_state or _unwrap(model).state_dict()
+        final = {k: v.detach().cpu() for k, v in final.items()}
         export_model(
             run_dir, model_state=final, config=cfg.to_dict(), config_yaml=cfg.to_yaml(), vocabulary=ATTRIBUTES,
             vocabulary_version=config["vocabulary_version"], epoch=len(history) - 1,
@@ -228,6 +245,12 @@ def train_fn_per_worker(config: dict) -> None:
             extra={"run_id": config["run_id"], "best_val_loss": best_loss},
         )
         atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+def _early_stop(cfg: GroundingConfig, history: list[dict], device: torch.device) -> bool:
+    stop = engine.should_stop([h[engine.VAL_LOSS] for h in history], cfg.optim.early_stop_patience,
+                              cfg.optim.early_stop_min_rel_change)
+    return _broadcast_flag(stop, device)
 
 
 def _broadcast_flag(flag: bool, device: torch.device) -> bool:
@@ -260,13 +283,15 @@ def _streaming_rois(config: dict, device: torch.device):
     return to_columns
 
 
-def _report(cfg, config, rank, epoch, model, optimizer, history, best_state, metrics, local_root) -> None:
-    """Checkpoint from rank 0 (fresh folder per report), then the report barrier on every rank."""
+def _report(cfg, config, rank, epoch, model, optimizer, history, best_state, metrics, local_root,
+            save: bool) -> None:
+    """Checkpoint from rank 0 when ``save`` (fresh folder per report), then the report barrier on
+    every rank."""
     import ray.train
 
     ckpt_dir = None
     checkpoint = None
-    if rank == 0:
+    if rank == 0 and save:
         if local_root is not None:
             ckpt_dir = local_root / f"epoch={epoch:05d}"
         else:
@@ -294,8 +319,22 @@ class TrainRunResult:
     storage_path: str
     model_path: str
     history: list[dict] = field(default_factory=list)
-    fit_seconds: float = 0.0
+    fit_seconds: float = 0.0  # wall time of fit()
+    startup_s: float = 0.0  # fit() start -> the first epoch of this fit starts (Ray start-up)
+    compute_s: float = 0.0  # this fit's train + validation seconds (the worker's own clock)
     error: Optional[str] = None
+
+
+def fit_clock(history: list[dict], fit_start: float, fit_seconds: float) -> tuple[float, float]:
+    """(start-up, compute) seconds of one fit from its epochs' ``epoch_start_time``/``compute_s``.
+
+    Only epochs started after ``fit_start`` (wall clock) count; none (a resumed run that was already
+    done) means start-up is the whole fit and compute 0.
+    """
+    mine = [h for h in history if h.get("epoch_start_time", 0.0) >= fit_start]
+    if not mine:
+        return fit_seconds, 0.0
+    return mine[0]["epoch_start_time"] - fit_start, float(mine[-1].get("compute_s", 0.0))
 
 
 def new_run_id() -> str:
@@ -398,6 +437,9 @@ def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = ""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from grounding.ray_runtime import set_report_poll
+
+    set_report_poll(cfg.train.report_poll_s)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the per-epoch line is the progress
     run_id = run_id or cfg.run.run_id or new_run_id()
     work_dir = Path(cfg.run.work_dir).absolute()
@@ -455,17 +497,20 @@ def run_training(cfg: GroundingConfig, rois: str, vectors: Any, run_id: str = ""
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     result = trainer.fit()
     fit_s = time.perf_counter() - t0
     metrics_file = run_dir / "metrics.jsonl"
     history = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
     err = str(result.error) if getattr(result, "error", None) else None
+    startup_s, compute_s = fit_clock(history, wall0, fit_s)
     return TrainRunResult(run_id=run_id, run_dir=str(run_dir), storage_path=storage,
-                          model_path=str(run_dir / "model.pt"), history=history, fit_seconds=fit_s, error=err)
+                          model_path=str(run_dir / "model.pt"), history=history, fit_seconds=fit_s,
+                          startup_s=startup_s, compute_s=compute_s, error=err)
 
 
 __all__ = [
-    "TrainRunResult", "make_loop_config", "new_run_id", "prepared_datasets", "roi_datasets", "run_training",
+    "TrainRunResult", "fit_clock", "make_loop_config", "new_run_id", "prepared_datasets", "roi_datasets",
+    "run_training",
     "train_fn_per_worker",
 ]

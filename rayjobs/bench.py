@@ -37,6 +37,8 @@ def get_args_parser(add_help: bool = True):
     parser.add_argument("--device", default="auto", help="all/rois: cpu, cuda or auto")
     parser.add_argument("--sections", help="all: comma-separated subset of ingest,rois,train,streaming,tune,e2e")
     parser.add_argument("--tune-trials", type=int, default=4, help="tune: trials per size")
+    parser.add_argument("--e2e-profile", default="smoke",
+                        help="e2e: the pipeline profile to time (smoke, default, claim, ...)")
     return parser
 
 
@@ -121,7 +123,7 @@ def suite(cfg, args, out: Path, sections: tuple[str, ...]) -> dict:
 
     opts = SuiteOptions(work_dir=cfg.run.work_dir, out_dir=str(out), sizes=tuple(int(s) for s in args.sizes.split(",")),
                         sections=sections or SECTIONS, epochs=args.epochs, tune_trials=args.tune_trials,
-                        ray=not args.no_ray, device=args.device)
+                        ray=not args.no_ray, device=args.device, e2e_profile=args.e2e_profile)
     return run_suite(cfg, opts, address=args.address)
 
 

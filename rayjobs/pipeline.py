@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         state = run_pipeline(cfg, fresh=args.fresh)
     total = time.perf_counter() - start
     print("\n[pipeline] stage timings (s): " + ", ".join(f"{k} {v}" for k, v in state.timings.items()))
+    for name, clock in state.stages.items():
+        if clock.get("startup_s") is not None:
+            print(f"[pipeline] {name}: wall {clock['wall_s']} s, Ray Train start-up {clock['startup_s']} s + "
+                  f"compute {clock['compute_s']} s (wall / (start-up + compute) = "
+                  f"{clock['wall_over_startup_compute']})")
+    if state.concurrent:
+        print(f"[pipeline] side by side: {', '.join(state.concurrent)}")
     print(f"[pipeline] finished in {total / 60:.1f} min")
     print(f"[pipeline] report: {state.dir('evaluation') / 'report.md'}")
     print(f"[pipeline] severity: {state.dir('severity') / 'severity.md'}")

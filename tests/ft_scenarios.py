@@ -5,7 +5,8 @@
 
 Each scenario owns its Ray (own temp dir, so its processes and logs are told apart from any other
 Ray on the machine and from the pytest process's session Ray), trains the grounding model on a tiny
-synthetic ROI cache with a checkpoint per epoch, and from a watcher thread kills something once
+synthetic ROI cache with a checkpoint per epoch (``train.checkpoint_every=1``), and from a watcher
+thread kills something once
 ``min_epochs`` epochs are in ``metrics.jsonl`` (i.e. mid-way through the next epoch):
 
 * ``worker-kill``: SIGKILL the RayTrainWorker process (single node).
@@ -70,6 +71,7 @@ def _cfg(work: Path, max_epochs: int):
     return GroundingConfig().with_overrides({
         "run.work_dir": str(work), "train.num_workers": 1, "train.cpus_per_worker": 1.0,
         "train.max_failures": 2, "train.checkpoints_to_keep": 2, "train.tensorboard": False,
+        "train.checkpoint_every": 1,  # these scenarios are about per-epoch resume
         "optim.max_epochs": max_epochs, "optim.early_stop_patience": 100, "optim.batch_size": 32,
         "model.roi_hidden": 16, "model.alpha_hidden": 8, "model.classifier_hidden": [16],
         "model.geometry_dim": 4,

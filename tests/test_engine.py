@@ -106,6 +106,17 @@ def test_attribute_auc_skips_single_class_columns():
     assert math.isnan(engine.attribute_auc(probs, np.zeros((4, 22))))
 
 
+def test_attribute_auc_on_the_device_equals_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    targets = (rng.random((60, 22)) < 0.3).astype(np.float32)
+    targets[:, 5] = 0  # one single-class column: skipped by both
+    probs = np.round(rng.random((60, 22)), 1).astype(np.float32)  # coarse values: many ties
+    want = engine.attribute_auc(probs, targets)
+    got = engine.attribute_auc_torch(torch.from_numpy(probs), torch.from_numpy(targets)).item()
+    assert abs(got - want) < 1e-12 and 0.3 < want < 0.7
+    assert math.isnan(engine.attribute_auc_torch(torch.from_numpy(probs), torch.zeros(60, 22)).item())
+
+
 def test_in_memory_shard_reshuffles_every_row_once_per_epoch():
     from grounding.batching import InMemoryShard
 

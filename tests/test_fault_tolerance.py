@@ -157,6 +157,7 @@ def test_nan_steps_are_skipped_and_never_checkpointed_then_a_nan_streak_stops_th
         "run.work_dir": str(tmp_path / "work"), "train.num_workers": 0, "train.tensorboard": False,
         "optim.max_epochs": 3, "optim.batch_size": 16, "optim.lr": 0.01, "model.roi_hidden": 8,
         "model.classifier_hidden": [8], "optim.early_stop_patience": 100, "train.max_failures": 0,
+        "train.checkpoint_every": 1,  # every saved state is checked for NaNs
     })
     calls = _inject_nan(monkeypatch, every=3)
     res = run_training(cfg, str(rois), synthetic_vectors(8), run_id="nan-run")

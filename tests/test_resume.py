@@ -31,7 +31,7 @@ MAX_EPOCHS = 5
 
 
 def _driver(args: list[str], ray_tmp: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}  # the poll interval comes from train.report_poll_s
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "rayjobs.train", *args], env=env, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).parents[1])
@@ -46,7 +46,18 @@ def _snapshot_epochs(path: Path) -> list[int]:
 
 
 def _history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    try:
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return []
+
+
+def _common(rois: Path, wv: Path, work: Path, every: int) -> list[str]:
+    return ["--rois", str(rois), "--word-vectors", str(wv), "--work-dir", str(work),
+            "--set", "train.num_workers=1", "--set", "train.tensorboard=false",
+            "--set", "optim.early_stop_patience=100", "--set", "optim.batch_size=32",
+            "--set", "model.roi_hidden=16", "--set", "model.classifier_hidden=[16]",
+            "--set", f"optim.max_epochs={MAX_EPOCHS}", "--set", f"train.checkpoint_every={every}"]
 
 
 @pytest.mark.slow
@@ -56,11 +67,7 @@ def test_killed_driver_resumes_with_the_same_run_id_and_a_new_id_starts_fresh(tm
     rois, wv, work = tmp_path / "rois.parquet", tmp_path / "wv", tmp_path / "work"
     write_table(synthetic_roi_table(1200, feature_dim=12), str(rois))
     write_test_vectors(wv)
-    common = ["--rois", str(rois), "--word-vectors", str(wv), "--work-dir", str(work),
-              "--set", "train.num_workers=1", "--set", "train.tensorboard=false",
-              "--set", "optim.early_stop_patience=100", "--set", "optim.batch_size=32",
-              "--set", "model.roi_hidden=16", "--set", "model.classifier_hidden=[16]",
-              "--set", f"optim.max_epochs={MAX_EPOCHS}"]
+    common = _common(rois, wv, work, every=1)  # a checkpoint per epoch: resume at the last one + 1
     snapshot = work / "ray_storage" / "job-a" / SNAPSHOT_FILE
     tmps = [tempfile.mkdtemp(prefix="/tmp/rrs") for _ in range(3)]
     try:
@@ -95,6 +102,46 @@ def test_killed_driver_resumes_with_the_same_run_id_and_a_new_id_starts_fresh(tm
         fresh = _history(work / "train" / "job-b")
         assert [h["epoch"] for h in fresh] == [0] and fresh[0]["report_time"] > started
         assert snapshot.read_bytes() == before
+    finally:
+        for t in tmps:
+            _end_leftovers(t)
+            shutil.rmtree(t, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_with_a_checkpoint_every_3_epochs_a_kill_after_epoch_4_resumes_at_epoch_3(tmp_path):
+    """train.checkpoint_every=3: checkpoints after epochs 2, 5 and the last; epochs 3-4 are redone."""
+    rois, wv, work = tmp_path / "rois.parquet", tmp_path / "wv", tmp_path / "work"
+    write_table(synthetic_roi_table(2400, feature_dim=12), str(rois))
+    write_test_vectors(wv)
+    epochs = 8
+    common = [*_common(rois, wv, work, every=3), "--set", f"optim.max_epochs={epochs}", "--run-id", "job-k"]
+    snapshot = work / "ray_storage" / "job-k" / SNAPSHOT_FILE
+    run_dir = work / "train" / "job-k"
+    tmps = [tempfile.mkdtemp(prefix="/tmp/rrs") for _ in range(2)]
+    try:
+        first = _driver(common, tmps[0], tmp_path / "run1.log")
+        deadline = time.time() + 400
+        while time.time() < deadline and len(_history(run_dir)) < 5 and first.poll() is None:
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGKILL)  # epoch 4 logged: the kill lands in epoch 5
+        first.wait()
+        killed_at = time.time()
+        _end_leftovers(tmps[0])
+        before = [h["epoch"] for h in _history(run_dir)]
+        registered = _snapshot_epochs(snapshot)
+        assert before[:5] == [0, 1, 2, 3, 4], (tmp_path / "run1.log").read_text()[-3000:]
+        assert registered == [2], (before, registered)  # metrics for 0-4, a checkpoint only after epoch 2
+
+        second = _driver(common, tmps[1], tmp_path / "run2.log")
+        assert second.wait(timeout=400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        hist = _history(run_dir)
+        assert [h["epoch"] for h in hist] == list(range(epochs))  # exact count, epochs 3-4 not duplicated
+        new = [h["epoch"] for h in hist if h["report_time"] > killed_at]
+        assert new == list(range(3, epochs)), new  # resumed from the epoch-2 checkpoint
+        assert _snapshot_epochs(snapshot)[-1] == epochs - 1  # the last epoch is always checkpointed
     finally:
         for t in tmps:
             _end_leftovers(t)

@@ -63,7 +63,7 @@ def test_cli_train_then_resume_same_run_id_local_mode(tmp_path, ray_local, capsy
     write_table(synthetic_roi_table(80, feature_dim=12), str(rois))
     write_test_vectors(wv)
     common = ["--rois", str(rois), "--word-vectors", str(wv), "--run-id", "resume-me", "--work-dir", str(work),
-              "--set", "train.num_workers=0", *SMALL]
+              "--set", "train.num_workers=0", "--set", "train.checkpoint_every=1", *SMALL]
     assert train.main([*common, "--set", "optim.max_epochs=2"]) == 0
     run_dir = work / "train" / "resume-me"
     first = _history(run_dir)
@@ -79,7 +79,7 @@ def test_cli_train_then_resume_same_run_id_local_mode(tmp_path, ray_local, capsy
     assert cfg.optim.max_epochs == 4 and payload["epoch"] == 3
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     kept = sorted(p.name for p in (work / "ray_storage" / "resume-me" / "local_checkpoints").iterdir())
-    assert kept == ["epoch=00002", "epoch=00003"]  # train.checkpoints_to_keep = 2
+    assert kept == ["epoch=00002", "epoch=00003"]  # train.checkpoints_to_keep = 2, one per epoch
     # same run id with another architecture: refused, the run's files untouched
     rc = train.main([*common, "--set", "optim.max_epochs=5", "--set", "model.alpha_hidden=4"])
     assert rc != 0 and "different model section" in capsys.readouterr().err
@@ -134,3 +134,29 @@ def test_streaming_mode_runs_the_frozen_detector_in_the_worker(tmp_path, ray_loc
     assert res.error is None and len(res.history) == 1
     assert res.history[0]["train_samples"] == 7  # 8 train rows, 1 unreadable
     assert np.isfinite(res.history[0]["train_loss"])
+
+
+def test_checkpoint_cadence_every_k_epochs_and_the_last():
+    from grounding.checkpoint import checkpoint_due
+
+    saved = [e for e in range(8) if checkpoint_due(e, 3, final=e == 7)]
+    assert saved == [2, 5, 7]  # a crash redoes at most 3 epochs; the finished run is always saved
+    assert [e for e in range(4) if checkpoint_due(e, 1, final=False)] == [0, 1, 2, 3]
+    assert checkpoint_due(0, 10, final=True)  # early stopping after the first epoch still saves
+
+
+def test_fit_clock_counts_only_this_fits_epochs():
+    from grounding.ray_train import fit_clock
+
+    hist = [{"epoch_start_time": 90.0, "compute_s": 5.0},  # a previous fit (resumed run)
+            {"epoch_start_time": 120.0, "compute_s": 2.0}, {"epoch_start_time": 123.0, "compute_s": 4.5}]
+    assert fit_clock(hist, fit_start=100.0, fit_seconds=30.0) == (20.0, 4.5)
+    assert fit_clock(hist[:1], fit_start=100.0, fit_seconds=7.0) == (7.0, 0.0)  # nothing left to train
+
+
+@pytest.mark.parametrize("key, value", [("train.checkpoint_every", 0), ("train.report_poll_s", 0.0)])
+def test_bad_cadence_settings_are_refused(key, value):
+    from grounding.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.split(".")[1]):
+        GroundingConfig().with_overrides({key: value})
