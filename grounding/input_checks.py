@@ -172,7 +172,9 @@ def require_text(flag: str, path: str) -> None:
 def require_csv(flag: str, path: str) -> None:
     require_text(flag, path)
     if not storage.is_uri(path):
-        first = Path(path).read_bytes().split(b"\n", 1)[0]
+        # the header is the first line that is not blank or a '#' comment (the adapters skip those too)
+        lines = (ln for ln in Path(path).read_bytes().splitlines() if ln.strip() and not ln.lstrip().startswith(b"#"))
+        first = next(lines, b"")
         if b"," not in first:
             raise fail(flag, path, "not a CSV file (no comma-separated header)")
 

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import torch
 import pyarrow as pa
 import pytest
 from scipy import stats
@@ -226,10 +227,12 @@ def test_job_dataset_form_with_a_predict_hook(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "grounding.predict",
                         types.SimpleNamespace(predict_probabilities=predict_probabilities))
     out = tmp_path / "out"
+    ck = tmp_path / "ck.pt"
+    torch.save({"w": torch.zeros(1)}, ck)  # the job checks its inputs before predicting
     rc = job.main(["--dataset", "covid", "--root", str(root), "--severity-csv", str(tmp_path / "sev.csv"),
-                   "--score-column", "geo", "--score-max", "8", "--checkpoint", "ck.pt", "--out", str(out),
+                   "--score-column", "geo", "--score-max", "8", "--checkpoint", str(ck), "--out", str(out),
                    "--no-ray", "--folds", "4"])
-    assert rc == 0 and seen == {"checkpoint": "ck.pt", "rows": 24, "detector": ""}
+    assert rc == 0 and seen == {"checkpoint": str(ck), "rows": 24, "detector": ""}
     m = json.loads((out / "metrics.json").read_text())["severity"]
     assert m["n_missing_score"] == 1 and m["n_patients"] == 12 and m["folds_used"] == 4
     assert m["columns"]["p_severe"]["metrics"]["mae"]["mean"] == pytest.approx(0.05, abs=0.05)
