@@ -125,6 +125,9 @@ def main(scenario: str, out_dir: str) -> int:
         elif scenario == "node-kill":
             from ray.cluster_utils import Cluster
 
+            # Cluster records its address in $RAY_TMPDIR/ray/ray_current_cluster (not under temp_dir) and
+            # fails when that folder does not exist yet, e.g. on a fresh RAY_TMPDIR
+            os.makedirs(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), "ray"), exist_ok=True)
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir})
             cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
