@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from grounding.attention import masked_softmax
+
 
 @dataclass
 class LossParts:
@@ -85,9 +87,7 @@ def alpha_distillation(
     Returns:
         Scalar loss (0 when no study has text).
     """
-    candidates = candidates.bool()
-    logits = (temperature * r_roi.detach()).masked_fill(~candidates, float("-inf"))
-    q = torch.softmax(logits, dim=1).masked_fill(~candidates, 0.0)
+    q = masked_softmax(temperature * r_roi.detach(), candidates.bool(), dim=1)
     log_ratio = torch.log(q.clamp_min(eps)) - torch.log(alpha.clamp_min(eps))
     per_study = (q * log_ratio).sum(1)
     w = has_text.to(per_study.dtype)

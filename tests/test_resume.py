@@ -52,6 +52,14 @@ def _history(run_dir: Path) -> list[dict]:
         return []
 
 
+def _inputs(tmp_path: Path, rows: int) -> tuple[Path, Path, Path]:
+    """A synthetic ROI cache, test word vectors and a work dir under ``tmp_path``."""
+    rois, wv, work = tmp_path / "rois.parquet", tmp_path / "wv", tmp_path / "work"
+    write_table(synthetic_roi_table(rows, feature_dim=12), str(rois))
+    write_test_vectors(wv)
+    return rois, wv, work
+
+
 def _common(rois: Path, wv: Path, work: Path, every: int) -> list[str]:
     return ["--rois", str(rois), "--word-vectors", str(wv), "--work-dir", str(work),
             "--set", "train.num_workers=1", "--set", "train.tensorboard=false",
@@ -64,9 +72,7 @@ def _common(rois: Path, wv: Path, work: Path, every: int) -> list[str]:
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_killed_driver_resumes_with_the_same_run_id_and_a_new_id_starts_fresh(tmp_path):
-    rois, wv, work = tmp_path / "rois.parquet", tmp_path / "wv", tmp_path / "work"
-    write_table(synthetic_roi_table(1200, feature_dim=12), str(rois))
-    write_test_vectors(wv)
+    rois, wv, work = _inputs(tmp_path, rows=1200)
     common = _common(rois, wv, work, every=1)  # a checkpoint per epoch: resume at the last one + 1
     snapshot = work / "ray_storage" / "job-a" / SNAPSHOT_FILE
     tmps = [tempfile.mkdtemp(prefix="/tmp/rrs") for _ in range(3)]
@@ -113,9 +119,7 @@ def test_killed_driver_resumes_with_the_same_run_id_and_a_new_id_starts_fresh(tm
 @pytest.mark.timeout(900)
 def test_with_a_checkpoint_every_3_epochs_a_kill_after_epoch_4_resumes_at_epoch_3(tmp_path):
     """train.checkpoint_every=3: checkpoints after epochs 2, 5 and the last; epochs 3-4 are redone."""
-    rois, wv, work = tmp_path / "rois.parquet", tmp_path / "wv", tmp_path / "work"
-    write_table(synthetic_roi_table(2400, feature_dim=12), str(rois))
-    write_test_vectors(wv)
+    rois, wv, work = _inputs(tmp_path, rows=2400)
     epochs = 8
     common = [*_common(rois, wv, work, every=3), "--set", f"optim.max_epochs={epochs}", "--run-id", "job-k"]
     snapshot = work / "ray_storage" / "job-k" / SNAPSHOT_FILE
