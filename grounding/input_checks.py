@@ -183,6 +183,7 @@ def require_indiana(flag: str, path: str) -> None:
     """The Indiana archive ``NLMCXR_reports.tgz`` or its extracted XML folder."""
     info = require_exists(flag, path)
     if info.type == pafs.FileType.Directory:
+        require_folder(flag, path)  # an empty folder is reported as such, not as "no reports"
         if not any(Path(path).rglob("*.xml")):
             raise fail(flag, path, "no *.xml reports in this folder")
         return

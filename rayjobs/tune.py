@@ -72,7 +72,10 @@ def _search(args, cfg, space) -> int:
         return 2
     print(json.dumps({"name": args.name, "out_dir": out.out_dir, "best_config": out.best_yaml,
                       "restored": out.restored, **out.summary}, default=str))
-    return 0 if out.best_yaml else 1
+    if not out.best_yaml:
+        print(f"tune: no trial reported a finite {space.metric}; no best config was written", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
