@@ -16,7 +16,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import torchvision
 
 from grounding.attention import cross_attention, masked_softmax
 from grounding.config import ClassifierInput, SimilarityNorm, SRoiPooling
@@ -267,6 +266,9 @@ def localize(
     Returns:
         :class:`Localization`; an image without ROIs gets ``zeros((0, 4))``.
     """
+    import torchvision  # here, not at the top: importing torchvision.ops costs ~7 s CPU (torch._dynamo) in
+    # every Ray worker that unpickles the training loop, and training never calls NMS
+
     if top_k < 1:
         raise ValueError("top_k must be >= 1")
     alpha = output.alpha.detach().float().cpu()
