@@ -29,11 +29,11 @@ HERE = Path(__file__).resolve().parent
 IMAGE = "registry.example.com/cxr-grounding:0.1.0"  # built from cluster/image/Dockerfile; pin by digest in prod
 RAY_VERSION = "2.60.0"
 APP_DIR = "/home/ray/app"  # WORKDIR of the image (tune_spaces/ lives here)
-STORAGE_MOUNT = "/mnt/cluster_storage"  # shared PVC; grounding.cluster_checks.SHARED_MOUNTS
+STORAGE_MOUNT = "/mnt/cluster_storage"  # shared PVC; grounding.distributed.cluster_checks.SHARED_MOUNTS
 PVC_NAME = "grounding-cluster-storage"  # cluster/storage.yaml
 TOKEN_SECRET = "grounding-ray-token"  # kubectl create secret generic ... (cluster/README section); never literal
 TOKEN_KEY = "auth_token"
-PROFILE = "paper"  # grounding/profiles/<PROFILE>.yaml
+PROFILE = "paper"  # grounding/config/profiles/<PROFILE>.yaml
 WORK_DIR = f"{STORAGE_MOUNT}/runs/{PROFILE}"
 RAY_STORAGE = f"{STORAGE_MOUNT}/ray_storage"
 DATA_DIR = f"{STORAGE_MOUNT}/data"
@@ -120,7 +120,7 @@ JOBS: tuple[Job, ...] = (
         sets=("detector.num_workers=4", "detector.use_gpu=true", "detector.cpus_per_worker=4",
               "detector.extract_actors=4", "train.num_workers=4", "train.use_gpu=true",
               "train.cpus_per_worker=4")),
-    # The same pipeline on the real datasets, each in its role (grounding/profiles/real.yaml names the
+    # The same pipeline on the real datasets, each in its role (grounding/config/profiles/real.yaml names the
     # roots under DATA_DIR); a missing or wrongly laid out root fails in one line before Ray starts.
     Job("pipeline-real", ("--work-dir", f"{STORAGE_MOUNT}/runs/real"),
         run_id="real-v1", job_module="rayjobs.pipeline", profile="real", gpu_replicas=4, cpu_replicas=2,

@@ -10,8 +10,8 @@ import sys
 from typing import Callable, Iterator, Mapping
 
 from grounding.config import ConfigError, GroundingConfig, load_config
-from grounding.input_checks import InputError, require_config, require_writable_folder
-from grounding.locks import LockHeldError
+from grounding.data.input_checks import InputError, require_config, require_writable_folder
+from grounding.data.locks import LockHeldError
 
 
 def common_parser(description: str, add_help: bool = True, ray: bool = True) -> argparse.ArgumentParser:
@@ -120,8 +120,8 @@ def clean_exit(main: Callable[..., int]) -> Callable[..., int]:
 @contextlib.contextmanager
 def exclusive(work_dir: str, command: str) -> Iterator[None]:
     """Hold ``<work_dir>/.grounding.lock`` for the block: a second job on the folder is refused."""
-    from grounding import storage
-    from grounding.locks import exclusive as lock, work_dir_lock_path
+    from grounding.data import storage
+    from grounding.data.locks import exclusive as lock, work_dir_lock_path
 
     if storage.is_uri(work_dir):  # object stores have no exclusive create: nothing to lock
         yield
@@ -135,10 +135,10 @@ def exclusive_run(cfg: GroundingConfig, run_id: str, command: str) -> Iterator[N
     """Hold the lock of Ray run ``run_id`` in the run's storage: one driver per run id."""
     import os
 
-    from grounding import storage
-    from grounding.locks import exclusive as lock, run_lock_path
+    from grounding.data import storage
+    from grounding.data.locks import exclusive as lock, run_lock_path
 
-    # the storage rule of grounding.ray_runtime.storage_path, without starting Ray
+    # the storage rule of grounding.distributed.runtime.storage_path, without starting Ray
     ray_storage = cfg.run.storage_path or os.path.abspath(storage.join(cfg.run.work_dir, "ray_storage"))
     label = f"run id {run_id} in {ray_storage}"
     with lock(run_lock_path(ray_storage, run_id, cfg.run.work_dir), label, f"grounding {command}"):

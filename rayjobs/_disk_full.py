@@ -9,7 +9,7 @@ def message(err: BaseException, prog: str = "") -> str | None:
     """One line for a disk-full ``err`` (anywhere in its cause chain), else None."""
     from pathlib import Path
 
-    from grounding.storage import disk_full_error
+    from grounding.data.storage import disk_full_error
 
     full = disk_full_error(err)
     if full is None:

@@ -12,10 +12,10 @@ import argparse
 import json
 import sys
 
-from grounding.reports import (annotate_manifest, attribute_counts, extract_attributes,
+from grounding.text.reports import (annotate_manifest, attribute_counts, extract_attributes,
                                read_covid_notes)
-from grounding import input_checks as ic
-from grounding.storage import read_table, write_table
+from grounding.data import input_checks as ic
+from grounding.data.storage import read_table, write_table
 from rayjobs._cli import check_inputs, clean_exit
 
 INPUTS = {"manifest": ic.require_manifest_text, "out": ic.require_writable_file,

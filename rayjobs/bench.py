@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
 
 WHAT = ("ingest", "rois", "train", "streaming", "tune", "e2e", "all")
@@ -43,7 +43,7 @@ def get_args_parser(add_help: bool = True):
 
 
 def _synthetic_manifest(cfg, images: int, folder: Path):
-    from grounding.adapters.synthetic import synthetic_manifest
+    from grounding.data.adapters.synthetic import synthetic_manifest
     from grounding.config import replace
     from grounding.synth.generator import generate
 
@@ -54,9 +54,9 @@ def _synthetic_manifest(cfg, images: int, folder: Path):
 
 
 def bench_ingest(cfg, args) -> dict:
-    from grounding import storage
-    from grounding.prepare import PrepareOptions
-    from grounding.ray_bench import bench_ingest as run
+    from grounding.data import storage
+    from grounding.data.prepare import PrepareOptions
+    from grounding.distributed.bench_ingest import bench_ingest as run
 
     folder = Path(storage.join(cfg.run.work_dir, "bench", "ingest-data"))
     manifest = storage.read_table(args.manifest) if args.manifest else _synthetic_manifest(cfg, args.images, folder)
@@ -80,14 +80,14 @@ def print_ingest(result: dict) -> None:
 
 
 def bench_rois(cfg, args) -> dict:
-    from grounding.bench_rois import bench_rois_for
-    from grounding.predict import resolve_device
+    from grounding.bench.rois import bench_rois_for
+    from grounding.model.predict import resolve_device
 
     return bench_rois_for(cfg, args.images, str(resolve_device(args.device)))
 
 
 def _default(path: str | None, cfg, name: str) -> str | None:
-    from grounding import storage
+    from grounding.data import storage
 
     if path:
         return path
@@ -97,13 +97,13 @@ def _default(path: str | None, cfg, name: str) -> str | None:
 
 def bench_train(cfg, args) -> dict:
     """Ray Train vs a plain loop on the cached ROIs; then cache vs streaming epoch time."""
-    from grounding.bench_train import bench_train as run
+    from grounding.distributed.bench_train import bench_train as run
 
     rois = _default(args.rois, cfg, "rois")
     wv_dir = _default(args.word_vectors, cfg, "word_vectors")
     vectors = None
     if rois and wv_dir:
-        from grounding.word_vectors import load_attribute_vectors
+        from grounding.text.word_vectors import load_attribute_vectors
 
         vectors = load_attribute_vectors(wv_dir)
     else:
@@ -112,14 +112,14 @@ def bench_train(cfg, args) -> dict:
     prepared = _default(args.prepared, cfg, "prepared")
     detector = args.detector or (_default(None, cfg, "detector/detector.pt"))
     if rois and prepared and detector:
-        from grounding.bench_train import cache_vs_streaming
+        from grounding.distributed.bench_train import cache_vs_streaming
 
         result["cache_vs_streaming"] = cache_vs_streaming(cfg, rois, vectors, prepared, detector, args.epochs)
     return result
 
 
 def suite(cfg, args, out: Path, sections: tuple[str, ...]) -> dict:
-    from grounding.ray_bench_suite import SECTIONS, SuiteOptions, run_suite
+    from grounding.distributed.bench_suite import SECTIONS, SuiteOptions, run_suite
 
     opts = SuiteOptions(work_dir=cfg.run.work_dir, out_dir=str(out), sizes=tuple(int(s) for s in args.sizes.split(",")),
                         sections=sections or SECTIONS, epochs=args.epochs, tune_trials=args.tune_trials,
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = build_config(args)
     check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
-    from grounding import storage
+    from grounding.data import storage
 
     out = Path(args.out or storage.join(cfg.run.work_dir, "bench"))
     out.mkdir(parents=True, exist_ok=True)

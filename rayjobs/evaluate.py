@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
 
 INPUTS = {"rois": ic.require_rois, "checkpoint": ic.require_checkpoint,
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = build_config(args)
     check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
-    from grounding import storage
-    from grounding.checkpoint import CheckpointError
-    from grounding.evaluate_run import EvalSettings, run_evaluation
-    from grounding.evaluation import Subset
+    from grounding.data import storage
+    from grounding.model.checkpoint import CheckpointError
+    from grounding.evaluation.run import EvalSettings, run_evaluation
+    from grounding.evaluation.localization import Subset
 
     settings = EvalSettings.from_config(cfg.eval, subset=Subset(args.subset), nms_iou=args.nms_iou)
     out = args.out or storage.join(cfg.run.work_dir, "eval")
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_ray:
             metrics = run_evaluation(args.rois, args.checkpoint, out, settings, **kw)
         else:
-            from grounding.ray_evaluate import run_evaluation_ray
-            from grounding.ray_runtime import init_ray
+            from grounding.distributed.evaluate import run_evaluation_ray
+            from grounding.distributed.runtime import init_ray
 
             init_ray(args.address)
             metrics = run_evaluation_ray(args.rois, args.checkpoint, out, settings, **kw)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import (absolute, build_config, check_inputs, clean_exit, get_args_parser as common_parser,
                           setup_logging)
 
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = build_config(args)
     check_inputs(args, INPUTS)
-    from grounding.detector import WeightsError
-    from grounding.ray_detector import run_extract_rois
-    from grounding.ray_runtime import init_ray
+    from grounding.detection.detector import WeightsError
+    from grounding.distributed.detector import run_extract_rois
+    from grounding.distributed.runtime import init_ray
 
     init_ray(args.address)
     try:

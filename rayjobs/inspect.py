@@ -13,8 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from grounding import input_checks as ic, storage
-from grounding.imaging import inspect_file
+from grounding.data import input_checks as ic
+from grounding.data import storage
+from grounding.data.imaging import inspect_file
 from rayjobs import _cli
 from rayjobs._cli import clean_exit
 

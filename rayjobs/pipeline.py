@@ -26,14 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = build_config(args)
     check_inputs(args, {}, work_dir=cfg.run.work_dir)
-    from grounding.datasets_roles import check_roots
+    from grounding.data.dataset_roles import check_roots
 
     problems = check_roots(cfg.datasets)
     if problems:  # before Ray starts: one line per role
         print("\n".join(problems), file=sys.stderr)
         return 2
-    from grounding.ray_pipeline import run_pipeline
-    from grounding.ray_runtime import init_ray
+    from grounding.distributed.pipeline import run_pipeline
+    from grounding.distributed.runtime import init_ray
 
     start = time.perf_counter()
     with exclusive(cfg.run.work_dir, "pipeline"):  # a second pipeline on this folder is refused

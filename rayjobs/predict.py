@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import check_inputs, clean_exit, common_parser, setup_logging
 
 # images are not checked here: one that cannot be read gets an error entry (documented above)
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args, INPUTS)
     if args.config or args.overrides:
         print("predict: --config/--set are ignored; the checkpoint's own config is used", file=sys.stderr)
-    from grounding import storage
-    from grounding.checkpoint import CheckpointError
-    from grounding.detector import WeightsError
-    from grounding.predict import PredictError, Predictor, write_predictions
+    from grounding.data import storage
+    from grounding.model.checkpoint import CheckpointError
+    from grounding.detection.detector import WeightsError
+    from grounding.model.predict import PredictError, Predictor, write_predictions
 
     try:
         predictor = Predictor(args.checkpoint, args.detector, device=args.device, top_k=args.top_k,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
 
 INPUTS = {"manifest": ic.require_manifest, "root": ic.require_dataset_root,
@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = build_config(args)
     check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
-    from grounding import storage
+    from grounding.data import storage
     from grounding.config import write_resolved
-    from grounding.prepare import PrepareOptions
-    from grounding.ray_prepare import run_prepare
-    from grounding.ray_runtime import init_ray
+    from grounding.data.prepare import PrepareOptions
+    from grounding.distributed.prepare import run_prepare
+    from grounding.distributed.runtime import init_ray
 
     out = args.out or storage.join(cfg.run.work_dir, "prepared")
     storage.makedirs(out)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.root:
             print("prepare: --dataset needs --root", file=sys.stderr)
             return 2
-        from grounding.adapters.registry import build_manifest
+        from grounding.data.adapters.registry import build_manifest
 
         options = {"split_fractions": cfg.data.split_fractions, "split_seed": cfg.data.split_seed}
         if args.dataset == "covid":

@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from grounding.indiana import SPLITS, Engine, format_table, score_extractor
-from grounding import input_checks as ic
-from grounding.storage import atomic_write_text
+from grounding.text.indiana import SPLITS, Engine, format_table, score_extractor
+from grounding.data import input_checks as ic
+from grounding.data.storage import atomic_write_text
 from rayjobs._cli import check_inputs, clean_exit
 
 INPUTS = {"indiana": ic.require_indiana, "out": ic.require_writable_file}
@@ -36,7 +36,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 @clean_exit
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from grounding.report_context import MedspacyMissing
+    from grounding.text.report_context import MedspacyMissing
 
     check_inputs(args, INPUTS)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
 
 INPUTS = {"predictions": ic.require_severity_table, "root": ic.require_dataset_root,
@@ -39,13 +39,13 @@ def get_args_parser(add_help: bool = True):
 
 def _dataset_table(args, cfg):
     try:
-        from grounding.predict import predict_probabilities
+        from grounding.model.predict import predict_probabilities
     except ImportError:
-        print("severity-cv: --checkpoint needs grounding.predict (predict_probabilities), which is not "
+        print("severity-cv: --checkpoint needs grounding.model.predict (predict_probabilities), which is not "
               "available in this installation", file=sys.stderr)
         return None
-    from grounding.adapters.covid import covid_manifest
-    from grounding.severity import severity_table_from_manifest
+    from grounding.data.adapters.covid import covid_manifest
+    from grounding.evaluation.severity import severity_table_from_manifest
 
     manifest, counts = covid_manifest(args.root, args.severity_csv, args.score_column, args.score_max,
                                       split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = build_config(args)
     check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
-    from grounding import storage
-    from grounding.report import write_severity_outputs
-    from grounding.severity import severity_cv, validate_severity_table
+    from grounding.data import storage
+    from grounding.evaluation.report import write_severity_outputs
+    from grounding.evaluation.severity import severity_cv, validate_severity_table
 
     if args.dataset and not (args.root and args.checkpoint):
         print("severity-cv: --dataset needs --root and --checkpoint", file=sys.stderr)
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_ray:
         summary, oof = severity_cv(table, folds, seed)
     else:
-        from grounding.ray_eval import severity_cv_ray
-        from grounding.ray_runtime import init_ray
+        from grounding.distributed.tasks import severity_cv_ray
+        from grounding.distributed.runtime import init_ray
 
         init_ray(args.address)
         summary, oof = severity_cv_ray(table, folds, seed)

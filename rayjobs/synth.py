@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import (build_config, check_inputs, clean_exit, get_args_parser as _base_parser,
                           setup_logging)
 
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = build_config(args)
     check_inputs(args, INPUTS)
-    from grounding import storage
-    from grounding.adapters.synthetic import synthetic_manifest
+    from grounding.data import storage
+    from grounding.data.adapters.synthetic import synthetic_manifest
     from grounding.config import write_resolved
     from grounding.synth import generate
     from grounding.synth.contact import contact_sheet

@@ -19,7 +19,7 @@ import logging
 import sys
 
 from rayjobs import _disk_full
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import (build_config, check_inputs, clean_exit, exclusive_run,
                           get_args_parser as common_parser, setup_logging)
 
@@ -48,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         print("train: --rois is required (or --set train.mode=streaming with --prepared)", file=sys.stderr)
         return 2
     try:
-        from grounding.word_vectors import load_attribute_vectors  # NLP engineer's API, imported lazily
+        from grounding.text.word_vectors import load_attribute_vectors  # NLP engineer's API, imported lazily
 
         vectors = load_attribute_vectors(args.word_vectors)
     except (ImportError, OSError, ValueError) as err:
         print(f"train: cannot load word vectors from {args.word_vectors}: {err}", file=sys.stderr)
         return 2
-    from grounding.run_checks import RunStateError, require_run_id
+    from grounding.model.run_checks import RunStateError, require_run_id
 
     try:
         require_run_id("train", args.run_id or cfg.run.run_id, args.address)  # before init_ray sets RAY_ADDRESS
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args, cfg, vectors) -> int:
-    from grounding.ray_runtime import init_ray
-    from grounding.ray_train import run_training
-    from grounding.run_checks import RunStateError
+    from grounding.distributed.runtime import init_ray
+    from grounding.distributed.train import run_training
+    from grounding.model.run_checks import RunStateError
 
     init_ray(args.address)
     try:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import (absolute, build_config, check_inputs, clean_exit, exclusive_run,
                           get_args_parser as common_parser, setup_logging)
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(args)
     check_inputs(args, INPUTS, work_dir=cfg.run.work_dir)
     from grounding.config import write_resolved
-    from grounding.run_checks import RunStateError, require_run_id
+    from grounding.model.run_checks import RunStateError, require_run_id
 
     try:
         require_run_id("train-detector", args.run_id or cfg.run.run_id, args.address)  # before init_ray
@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args, cfg, run_id: str) -> int:
-    from grounding import storage
-    from grounding.ray_detector import run_train_detector
-    from grounding.ray_runtime import init_ray
-    from grounding.run_checks import RunStateError, check_resume_state
+    from grounding.data import storage
+    from grounding.distributed.detector import run_train_detector
+    from grounding.distributed.runtime import init_ray
+    from grounding.model.run_checks import RunStateError, check_resume_state
 
     init_ray(args.address)
     try:

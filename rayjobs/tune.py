@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, exclusive_run, setup_logging
 
 log = logging.getLogger("grounding.tune")
@@ -37,7 +37,7 @@ def get_args_parser(add_help: bool = True):
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    from grounding.search_space import SearchSpaceError, check_against_config, load_space
+    from grounding.config.search_space import SearchSpaceError, check_against_config, load_space
 
     check_inputs(args, INPUTS)
     try:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = space.fixed_overrides() + list(args.overrides)  # CLI --set wins over `fixed`
         cfg = build_config(args)
         check_against_config(space, cfg)
-        from grounding.word_vectors import load_attribute_vectors
+        from grounding.text.word_vectors import load_attribute_vectors
 
         load_attribute_vectors(args.word_vectors)  # fail here, not in every trial
     except SearchSpaceError as err:
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _search(args, cfg, space) -> int:
-    from grounding.ray_runtime import init_ray
-    from grounding.ray_tune import run_search
-    from grounding.search_space import SearchSpaceError
+    from grounding.distributed.runtime import init_ray
+    from grounding.distributed.tune import run_search
+    from grounding.config.search_space import SearchSpaceError
 
     init_ray(args.address)
     try:

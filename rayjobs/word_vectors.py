@@ -9,7 +9,7 @@ import functools
 import logging
 import sys
 
-from grounding import input_checks as ic
+from grounding.data import input_checks as ic
 from rayjobs._cli import (build_config, check_inputs, clean_exit, get_args_parser as common_parser,
                           setup_logging)
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gensim").setLevel(logging.WARNING)  # per-epoch lines drown the table
     cfg = build_config(args).word_vectors
     check_inputs(args, INPUTS)
-    from grounding import word_vectors
+    from grounding.text import word_vectors
 
     if not (args.manifest or args.indiana or args.texts):
         print("give at least one of --manifest, --indiana, --texts", file=sys.stderr)
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ray:
         import ray
 
-        from grounding import ray_text
-        from grounding.ray_runtime import init_ray
+        from grounding.distributed import text as ray_text
+        from grounding.distributed.runtime import init_ray
 
         init_ray(args.address)
         tokenize = functools.partial(ray_text.tokenize_texts, batch_size=cfg.batch_size)

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from grounding import detector as det
-from grounding import detector_engine as eng
-from grounding.prepared import read_prepared
+from grounding.detection import detector as det
+from grounding.detection import engine as eng
+from grounding.data.prepared import read_prepared
 
 
 def resized(samples: list[eng.Sample], size: int) -> list[eng.Sample]:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from grounding.ablation import Variant, run_ablation
+from grounding.evaluation.ablation import Variant, run_ablation
 
 # Every variant names the two adopted choices explicitly, so a row means the same on any run's config.
 # Round 1: one change at a time against the paper's original reading (lowest-scored negatives, every ROI a

@@ -29,7 +29,7 @@ LOSSES = ("train_loss", "val_loss", "val_attribute_auc")
 
 
 def measure(cfg, rois: str, vectors, run_id: str) -> dict:
-    from grounding.ray_train import run_training
+    from grounding.distributed.train import run_training
 
     res = run_training(cfg, rois, vectors, run_id=run_id)
     fit_end = time.time()
@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the figures here (JSON)")
     args = parser.parse_args(argv)
 
-    from grounding.bench_train import synthetic_roi_table, synthetic_vectors
+    from grounding.bench.train import synthetic_roi_table, synthetic_vectors
     from grounding.config import GroundingConfig
-    from grounding.ray_runtime import init_ray
-    from grounding.storage import write_table
+    from grounding.distributed.runtime import init_ray
+    from grounding.data.storage import write_table
 
     work = Path(tempfile.mkdtemp(prefix="epoch-overhead-"))
     rois = work / "rois.parquet"

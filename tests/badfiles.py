@@ -1,7 +1,7 @@
 """Writers of good and bad input files, one per kind, for the decoder and fault-tolerance tests.
 
 Each ``make_<kind>(folder)`` writes one small file into ``folder`` and returns
-``(path, expected_reason)``; ``expected_reason`` is a ``grounding.imaging.Reason`` or ``None`` when
+``(path, expected_reason)``; ``expected_reason`` is a ``grounding.data.imaging.Reason`` or ``None`` when
 the file must decode. ``MAKERS`` lists them all; ``write_all(folder)`` writes every kind.
 Images are tiny (at most 96 x 80) so a test stays in milliseconds. Identity fields are fixed fake
 strings (``FAKE_PATIENT_NAME``/``FAKE_PATIENT_ID``, unique enough to grep for in outputs).
@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from grounding.imaging import Reason
+from grounding.data.imaging import Reason
 
 CR_SOP = "1.2.840.10008.5.1.4.1.1.1"
 DX_SOP = "1.2.840.10008.5.1.4.1.1.1.1"

@@ -99,9 +99,9 @@ def main(scenario: str, out_dir: str) -> int:
     temp_dir = os.environ["FT_RAY_TMP"]
     import ray
 
-    from grounding.bench_train import synthetic_roi_table, synthetic_vectors
-    from grounding.ray_train import run_training
-    from grounding.storage import write_table
+    from grounding.bench.train import synthetic_roi_table, synthetic_vectors
+    from grounding.distributed.train import run_training
+    from grounding.data.storage import write_table
 
     rois = out / "rois.parquet"
     write_table(synthetic_roi_table(int(os.environ.get("FT_ROWS", "1500")), feature_dim=12), str(rois))

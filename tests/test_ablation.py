@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from grounding.ablation import evaluate_variant, markdown_table, pool_key
-from grounding.bench_train import ROI_CACHE_SCHEMA
-from grounding.checkpoint import load_model
+from grounding.evaluation.ablation import evaluate_variant, markdown_table, pool_key
+from grounding.bench.train import ROI_CACHE_SCHEMA
+from grounding.model.checkpoint import load_model
 from grounding.config import GroundingConfig
 from test_evaluation import _cache_rows, _export  # noqa: E402  (tests/ is on sys.path under pytest)
 

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grounding import boxes as box_ops
-from grounding.adapters.chestxray8 import chestxray8_manifest
-from grounding.adapters.common import read_csv_commented
-from grounding.adapters.covid import covid_manifest
-from grounding.adapters.mimic import mimic_manifest
-from grounding.adapters.registry import build_manifest
-from grounding.adapters.rsna import rsna_manifest
-from grounding.schema import MANIFEST_SCHEMA
+from grounding.data import boxes as box_ops
+from grounding.data.adapters.chestxray8 import chestxray8_manifest
+from grounding.data.adapters.common import read_csv_commented
+from grounding.data.adapters.covid import covid_manifest
+from grounding.data.adapters.mimic import mimic_manifest
+from grounding.data.adapters.registry import build_manifest
+from grounding.data.adapters.rsna import rsna_manifest
+from grounding.data.schema import MANIFEST_SCHEMA
 
 
 def _write_rsna(tmp_path):

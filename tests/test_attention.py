@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from grounding.attention import (
+from grounding.model.attention import (
     cosine_matrix, cross_attention, masked_mean, masked_softmax, normalise_similarity,
 )
 from grounding.config import SimilarityNorm

@@ -2,7 +2,7 @@
 
 Each case runs the job as ``python -m rayjobs.<command>`` in a subprocess and asserts: exit status 2,
 exactly one stderr line, which names the flag and the path, and no traceback. No Ray log line is
-tolerated: the checks must run before Ray starts (``grounding.input_checks``, ``rayjobs._cli``).
+tolerated: the checks must run before Ray starts (``grounding.data.input_checks``, ``rayjobs._cli``).
 
 "Unwritable output folder" is a path under a regular *file* (``<file>/sub``): ``chmod`` cannot make a
 folder unwritable for root (root ignores permissions), and the tests may run as root; a path under
@@ -55,8 +55,8 @@ def make_rois(tmp: Path) -> Path:
 
 
 def make_word_vectors(tmp: Path) -> Path:
-    from grounding.vocabulary import ATTRIBUTES
-    from grounding.word_vectors import write_attribute_vectors
+    from grounding.text.vocabulary import ATTRIBUTES
+    from grounding.text.word_vectors import write_attribute_vectors
 
     folder = tmp / "word_vectors"
     folder.mkdir(parents=True, exist_ok=True)
@@ -327,7 +327,7 @@ def test_grounding_entry_point_prepare_missing_manifest(tmp_path):
 
 def test_wrong_columns_are_named(tmp_path):
     """A Parquet file of the wrong kind (a manifest given as the ROI cache) names the missing columns."""
-    from grounding.input_checks import InputError, require_rois
+    from grounding.data.input_checks import InputError, require_rois
 
     with pytest.raises(InputError, match=r"--rois .*manifest.parquet: .*roi_features, feature_dim"):
         require_rois("--rois", str(make_manifest(tmp_path)))

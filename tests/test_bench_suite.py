@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from grounding.ray_bench_suite import NEEDS, SECTIONS, Row, SuiteOptions, _row_dict, markdown_table, run_suite
+from grounding.distributed.bench_suite import NEEDS, SECTIONS, Row, SuiteOptions, _row_dict, markdown_table, run_suite
 
 
 def test_growth_is_relative_to_linear_for_throughputs_and_times():

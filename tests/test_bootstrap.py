@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from grounding import bootstrap as bs
-from grounding.metrics import localization_accuracy
+from grounding.evaluation import bootstrap as bs
+from grounding.evaluation.metrics import localization_accuracy
 
 
 def test_deterministic_and_chunking_does_not_change_the_result():
@@ -105,7 +105,7 @@ def test_localization_cis_agree_with_metrics():
 
 @pytest.mark.ray
 def test_localization_cis_ray_equals_local(ray_local):
-    from grounding.ray_eval import localization_cis_ray
+    from grounding.distributed.tasks import localization_cis_ray
 
     gt = [np.array([[0, 0, 10, 10.0]])] * 5
     methods = {"a": [np.array([[0, 0, 10, 9.0]])] * 3 + [np.zeros((0, 4))] * 2, "b": [np.array([[5, 5, 15, 15.0]])] * 5}

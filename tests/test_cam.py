@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from grounding.cam import (CamClassifier, CamMethod, box_from_heatmap, cam_boxes, normalise_map,
+from grounding.detection.cam import (CamClassifier, CamMethod, box_from_heatmap, cam_boxes, normalise_map,
                            raw_heatmaps, to_input)
-from grounding.cam_train import (load_cam_classifier, pneumonia_targets, save_cam_classifier,
+from grounding.detection.cam_train import (load_cam_classifier, pneumonia_targets, save_cam_classifier,
                                  train_cam_classifier, train_cam_classifier_arrays)
-from grounding.metrics import box_iou
-from grounding.prepared import pixels_to_bytes, prepared_table
+from grounding.evaluation.metrics import box_iou
+from grounding.data.prepared import pixels_to_bytes, prepared_table
 
 
 def blob_set(n: int, size: int = 64, seed: int = 0):

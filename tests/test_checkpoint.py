@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from grounding.bench_train import synthetic_vectors
-from grounding.checkpoint import (
+from grounding.bench.train import synthetic_vectors
+from grounding.model.checkpoint import (
     CheckpointError, capture_rng, export_model, load_checkpoint, load_file, load_model, restore_rng,
     save_checkpoint, save_file, sidecar,
 )
 from grounding.config import GroundingConfig
-from grounding.model import build_model
-from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
+from grounding.model.grounding_model import build_model
+from grounding.text.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
 
 
 def _model_and_opt():
@@ -89,7 +89,7 @@ def test_truncated_file_is_refused_with_advice(tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupt.*previous checkpoint"):
         load_checkpoint(path)
     # even with a matching sidecar (e.g. truncated before hashing) torch.load's failure is explained
-    from grounding.checkpoint import sha256_file
+    from grounding.model.checkpoint import sha256_file
     sidecar(path).write_text(f"{sha256_file(path)}  {path.name}\n")
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_file(path)
@@ -121,7 +121,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, how):
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload))
-    from grounding.checkpoint import sha256_file
+    from grounding.model.checkpoint import sha256_file
     sidecar(path).write_text(f"{sha256_file(path)}  model.pt\n")  # attacker recomputed the hash
     with pytest.raises(CheckpointError, match="not a weights-only checkpoint"):
         load_checkpoint(path)

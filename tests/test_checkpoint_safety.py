@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from grounding.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from grounding.model.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from grounding.config import GroundingConfig
-from grounding.run_checks import SNAPSHOT_FILE, RunStateError, check_resume_state, require_run_id
-from grounding.vocabulary import ATTRIBUTES
+from grounding.model.run_checks import SNAPSHOT_FILE, RunStateError, check_resume_state, require_run_id
+from grounding.text.vocabulary import ATTRIBUTES
 from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,8 +85,8 @@ def test_truncated_checkpoint_file_is_a_clear_error(tmp_path, sidecar):
 
 def test_run_training_checks_the_run_folder_before_fit(tmp_path):
     """The pre-flight runs inside run_training before any data is read or any worker starts."""
-    from grounding.bench_train import synthetic_vectors
-    from grounding.ray_train import run_training
+    from grounding.bench.train import synthetic_vectors
+    from grounding.distributed.train import run_training
 
     work = tmp_path / "work"
     run = _run_folder(work / "ray_storage", "damaged")
@@ -109,7 +109,7 @@ def test_require_run_id_only_when_joining_a_cluster():
 @pytest.mark.parametrize("via", ["flag", "env"])
 def test_train_jobs_refuse_a_missing_run_id_on_a_cluster(tmp_path, monkeypatch, capsys, via):
     """No Ray is started: the jobs stop before init_ray (a bogus address would hang otherwise)."""
-    from grounding import ray_runtime
+    from grounding.distributed import runtime as ray_runtime
     from rayjobs import train, train_detector
 
     def no_ray(*a, **k):  # without the guard the job would try to join the (bogus) cluster
@@ -135,7 +135,7 @@ def test_train_jobs_refuse_a_missing_run_id_on_a_cluster(tmp_path, monkeypatch, 
 # -- checkpoints are never half-written (reliability.md C2) ----------------------------------------
 def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     """Local-mode layout: epoch folders; a save that dies leaves epoch 0 the newest usable one."""
-    from grounding.ray_train import _latest_local_checkpoint
+    from grounding.distributed.train import _latest_local_checkpoint
 
     root = tmp_path / "local_checkpoints"
     _ckpt(root / "epoch=00000", 0)

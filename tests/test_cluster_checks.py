@@ -1,10 +1,10 @@
-"""Shared-storage guard and token-auth warnings (grounding/cluster_checks.py)."""
+"""Shared-storage guard and token-auth warnings (grounding/distributed/cluster_checks.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from grounding.cluster_checks import (
+from grounding.distributed.cluster_checks import (
     SHARED_FS_ENV,
     SHARED_MOUNTS_ENV,
     check_auth_for_cluster,

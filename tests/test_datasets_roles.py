@@ -1,4 +1,4 @@
-"""Real datasets by role (config ``datasets``, grounding.datasets_roles): config rules, root checks that
+"""Real datasets by role (config ``datasets``, grounding.data.dataset_roles): config rules, root checks that
 fail in one line before Ray, the MIMIC JPG tree + MS-CXR-style boxes, the joined manifest, the corpus,
 and the pipeline-real RayJob. Fake trees only (file names matter here, not pixels)."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from grounding.adapters.mimic import load_box_table, mimic_manifest
+from grounding.data.adapters.mimic import load_box_table, mimic_manifest
 from grounding.config import ConfigError, GroundingConfig, load_config
-from grounding.datasets_roles import check_roots, corpus_texts, role_manifest, severity_manifest
+from grounding.data.dataset_roles import check_roots, corpus_texts, role_manifest, severity_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 RSNA_IDS = ["aaaa-1", "aaaa-2", "aaaa-3"]
@@ -183,7 +183,7 @@ def test_extra_corpus_root_checked(tmp_path):
 
 
 def test_pipeline_cli_exits_2_before_ray(tmp_path, monkeypatch, capsys):
-    import grounding.ray_runtime as runtime
+    import grounding.distributed.runtime as runtime
     from rayjobs import pipeline
 
     def no_ray(*_a, **_k):
@@ -252,7 +252,7 @@ def test_severity_manifest_uses_table_column_and_scale(tmp_path):
 
 
 def test_corpus_is_grounding_reports_plus_even_indiana(tmp_path):
-    from grounding.storage import write_table
+    from grounding.data.storage import write_table
 
     indiana = tmp_path / "indiana"
     indiana.mkdir()
@@ -269,7 +269,7 @@ def test_corpus_is_grounding_reports_plus_even_indiana(tmp_path):
 
 
 def test_stage_name_follows_the_config(tmp_path):
-    from grounding.ray_pipeline import data_stage
+    from grounding.distributed.pipeline import data_stage
 
     assert data_stage(GroundingConfig()) == "synth"
     assert data_stage(real_config(tmp_path)) == "datasets"
@@ -327,7 +327,7 @@ def test_role_manifest_on_real_samples(shared_data, tmp_path):
     scores = [s for s in severity.column("severity").to_pylist() if s is not None]
     assert len(scores) == severity_counts["with_severity"] > 50 and 0 <= min(scores) <= max(scores) <= 1
     path = tmp_path / "m.parquet"
-    from grounding.storage import write_table
+    from grounding.data.storage import write_table
 
     write_table(table, str(path))
     texts = corpus_texts(cfg, str(path))

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from grounding import detector as det
-from grounding import detector_engine as eng
-from grounding.bench_rois import blob_prepared_table
-from grounding.boxes import flatten, scale_boxes, xywh_to_xyxy, xyxy_to_xywh
+from grounding.detection import detector as det
+from grounding.detection import engine as eng
+from grounding.bench.rois import blob_prepared_table
+from grounding.data.boxes import flatten, scale_boxes, xywh_to_xyxy, xyxy_to_xywh
 from grounding.config import ConfigError, GroundingConfig
-from grounding.prepared import pixels_to_bytes, prepared_table
-from grounding.schema import empty_manifest_row
+from grounding.data.prepared import pixels_to_bytes, prepared_table
+from grounding.data.schema import empty_manifest_row
 
 S = 64
 
@@ -171,7 +171,7 @@ def test_evaluate_reports_metric_names(tiny):
 
 @pytest.mark.slow
 def test_real_rsna_dicoms_train_one_tiny_epoch(shared_data):
-    from grounding.imaging import decode_file, resize_uint8
+    from grounding.data.imaging import decode_file, resize_uint8
 
     root = shared_data / "rsna"
     boxes: dict[str, list] = {}
@@ -204,8 +204,8 @@ def test_real_rsna_dicoms_train_one_tiny_epoch(shared_data):
 @pytest.mark.ray
 @pytest.mark.slow  # two TorchTrainer fits: ~20 s fixed cost each
 def test_train_detector_job_checkpoints_resumes_and_exports(tmp_path, ray_local):
-    from grounding import storage
-    from grounding.ray_detector import run_train_detector
+    from grounding.data import storage
+    from grounding.distributed.detector import run_train_detector
 
     prepared = tmp_path / "prepared"
     storage.write_table(blob_prepared_table(12, S, seed=5, split_fractions=(0.75, 0.25)), str(prepared / "p.parquet"))

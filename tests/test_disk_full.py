@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from grounding import checkpoint as ckpt
-from grounding import storage
+from grounding.model import checkpoint as ckpt
+from grounding.data import storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,8 +124,8 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(disk):
 
 # -- ROI shard ---------------------------------------------------------------------------------------
 def _roi_batches(n: int, start: int = 0) -> list[pa.Table]:
-    from grounding.bench_train import synthetic_roi_table
-    from grounding.ray_detector import ROI_SCHEMA
+    from grounding.bench.train import synthetic_roi_table
+    from grounding.detection.rois import ROI_SCHEMA
 
     table = synthetic_roi_table(n + start, num_rois=32, feature_dim=64)
     table = pa.table({f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(len(table), f.type)
@@ -139,7 +139,7 @@ def _shard_ids(folder: Path) -> list[str]:
 
 
 def test_disk_full_during_a_roi_shard_keeps_written_shards_and_the_rerun_adds_no_duplicates(disk):
-    from grounding.ray_detector import _write_shards, _written_ids
+    from grounding.distributed.detector import _write_shards, _written_ids
 
     out = disk.root / "rois"
     out.mkdir()
@@ -166,7 +166,7 @@ def _manifest(folder: Path, n: int) -> pa.Table:
     import numpy as np
     from PIL import Image
 
-    from grounding.schema import manifest_table, pseudonym
+    from grounding.data.schema import manifest_table, pseudonym
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -181,8 +181,8 @@ def _manifest(folder: Path, n: int) -> pa.Table:
 
 
 def test_disk_full_during_a_prepared_shard_leaves_no_partial_shard_and_the_retry_writes_it_once(disk, tmp_path):
-    from grounding.prepare import PrepareOptions
-    from grounding.ray_prepare import _prepare_shard
+    from grounding.data.prepare import PrepareOptions
+    from grounding.distributed.prepare import _prepare_shard
 
     rows = _manifest(tmp_path / "png", 6)
     options = PrepareOptions(image_size=128, max_pixels=10_000_000, low_percentile=0.5, high_percentile=99.5)
@@ -209,9 +209,9 @@ def test_disk_full_during_a_prepared_shard_leaves_no_partial_shard_and_the_retry
 def test_disk_full_during_prepare_keeps_the_previous_output_and_leaves_no_staging(disk, tmp_path, ray_local,
                                                                                   engine):
     """The whole ``prepare`` on Ray: a failed run removes its staging folder; the rerun is complete."""
-    from grounding.prepare import PrepareOptions
-    from grounding.prepared import read_prepared
-    from grounding.ray_prepare import run_prepare
+    from grounding.data.prepare import PrepareOptions
+    from grounding.data.prepared import read_prepared
+    from grounding.distributed.prepare import run_prepare
 
     if not disk.real:
         pytest.skip("Ray workers are other processes: only a real full disk reaches them")

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from grounding import engine
-from grounding.batching import collate_rois, decode_features, iter_table_batches, select_rows
-from grounding.bench_train import synthetic_roi_table, synthetic_vectors
-from grounding.model import GroundingModel
+from grounding.model import engine
+from grounding.model.batching import collate_rois, decode_features, iter_table_batches, select_rows
+from grounding.bench.train import synthetic_roi_table, synthetic_vectors
+from grounding.model.grounding_model import GroundingModel
 
 KW = dict(beta=0.8, use_classification=True, bce_weight=1.0)
 
@@ -118,7 +118,7 @@ def test_attribute_auc_on_the_device_equals_sklearn_with_ties():
 
 
 def test_in_memory_shard_reshuffles_every_row_once_per_epoch():
-    from grounding.batching import InMemoryShard
+    from grounding.model.batching import InMemoryShard
 
     table = synthetic_roi_table(n=23, seed=3)
     shard = InMemoryShard([table.slice(0, 10), table.slice(10, 0), table.slice(10)], chunk_rows=7)
@@ -136,7 +136,7 @@ def test_in_memory_shard_reshuffles_every_row_once_per_epoch():
 def test_in_memory_shard_batches_equal_collating_those_rows_directly():
     """Collated once (chunked, padded to the shard's maxima, features in float16) and indexed per batch =
     collating the same rows per batch: the model sees the same numbers."""
-    from grounding.batching import InMemoryShard
+    from grounding.model.batching import InMemoryShard
 
     table = synthetic_roi_table(n=19, seed=4)
     shard = InMemoryShard([table], chunk_rows=6)
@@ -154,7 +154,7 @@ def test_in_memory_shard_batches_equal_collating_those_rows_directly():
 
 
 def test_in_memory_shard_keeps_the_step_count_when_rows_are_invalid():
-    from grounding.batching import InMemoryShard
+    from grounding.model.batching import InMemoryShard
 
     table = synthetic_roi_table(n=10, seed=6)
     feats = table["roi_features"].to_pylist()
@@ -169,6 +169,6 @@ def test_in_memory_shard_keeps_the_step_count_when_rows_are_invalid():
 
 
 def test_in_memory_shard_of_nothing_yields_no_batches():
-    from grounding.batching import InMemoryShard
+    from grounding.model.batching import InMemoryShard
 
     assert InMemoryShard([]).num_rows == 0 and list(InMemoryShard([]).batches(4)) == []

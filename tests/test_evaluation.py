@@ -11,16 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from grounding import evaluation as ev
-from grounding.bench_train import ROI_CACHE_SCHEMA, synthetic_vectors
-from grounding.checkpoint import export_model
+from grounding.evaluation import localization as ev
+from grounding.bench.train import ROI_CACHE_SCHEMA, synthetic_vectors
+from grounding.model.checkpoint import export_model
 from grounding.config import GroundingConfig
-from grounding.evaluate_run import EvalSettings, run_evaluation
-from grounding.model import build_model
-from grounding.prepared import PREPARED_SCHEMA, pixels_to_bytes
-from grounding.schema import empty_manifest_row
-from grounding.storage import write_table
-from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
+from grounding.evaluation.run import EvalSettings, run_evaluation
+from grounding.model.grounding_model import build_model
+from grounding.data.prepared import PREPARED_SCHEMA, pixels_to_bytes
+from grounding.data.schema import empty_manifest_row
+from grounding.data.storage import write_table
+from grounding.text.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
 
 W, H = 200, 100  # original image size (non-square: normalised -> pixel mapping is checked)
 GT = [50.0, 20.0, 150.0, 80.0]  # = [0.25, 0.2, 0.75, 0.8] normalised
@@ -178,7 +178,7 @@ def test_no_bootstrap_gives_point_estimates_and_cam_rows(cache, tmp_path):
     assert _est(loc, "proposed", 0.5) == 0.5 and math.isnan(loc["proposed"]["hit_iou50"]["low"])
     assert set(loc) == {"retinanet", "proposed", "cam", "gradcam"}
     assert loc["cam"]["hit_iou25"]["n"] == 4 and m["counts"]["cam"]["train_images"] == 9  # t0-t7 + g0
-    # GAP + linear head: Grad-CAM and CAM give the same box (grounding.cam)
+    # GAP + linear head: Grad-CAM and CAM give the same box (grounding.detection.cam)
     assert all(loc["cam"][k]["estimate"] == loc["gradcam"][k]["estimate"] for k in ("hit_iou25", "hit_iou50"))
     figs = tmp_path / "eval" / "figures"
     assert (figs / "boxes_grid.png").exists() and (figs / "case_study.png").exists()
@@ -204,7 +204,7 @@ def test_cli_no_ray_and_missing_rows(cache, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_evaluation_matches_in_process(cache, tmp_path, ray_local):
-    from grounding.ray_evaluate import run_evaluation_ray
+    from grounding.distributed.evaluate import run_evaluation_ray
 
     tmp, model, no_cls, _ = cache
     settings = EvalSettings(bootstrap_samples=100)

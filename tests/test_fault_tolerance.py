@@ -79,7 +79,7 @@ def assert_resumed_after_kill(info: dict) -> int:
     # not have registered the newest checkpoint when the worker died), never a restart from 0.
     assert last_before <= resumed_at <= last_before + 1, (last_before, resumed_at)
     assert after == list(range(resumed_at, n))
-    from grounding.checkpoint import load_checkpoint
+    from grounding.model.checkpoint import load_checkpoint
 
     assert load_checkpoint(info["model_path"])["epoch"] == n - 1
     return resumed_at
@@ -118,8 +118,8 @@ def _finite(obj) -> bool:
 
 def _inject_nan(monkeypatch, every: int) -> dict:
     """Make the training loss NaN on every ``every``-th training step (eval steps untouched)."""
-    from grounding import engine
-    from grounding.losses import LossParts
+    from grounding.model import engine
+    from grounding.model.losses import LossParts
 
     real = engine.output_loss
     calls = {"train": 0, "nan": 0}
@@ -145,11 +145,11 @@ def test_nan_steps_are_skipped_and_never_checkpointed_then_a_nan_streak_stops_th
                                                                                         monkeypatch):
     """Local mode (the loop runs in this process, so the loss can be patched): isolated NaN steps are
     skipped and counted; a streak stops the run naming the batch; no saved state has a NaN in it."""
-    from grounding.bench_train import synthetic_roi_table, synthetic_vectors
-    from grounding.checkpoint import load_checkpoint
+    from grounding.bench.train import synthetic_roi_table, synthetic_vectors
+    from grounding.model.checkpoint import load_checkpoint
     from grounding.config import GroundingConfig
-    from grounding.ray_train import run_training
-    from grounding.storage import write_table
+    from grounding.distributed.train import run_training
+    from grounding.data.storage import write_table
 
     rois = tmp_path / "rois.parquet"
     write_table(synthetic_roi_table(160, feature_dim=12), str(rois))

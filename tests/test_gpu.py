@@ -25,19 +25,19 @@ import pytest
 import torch
 from torch import nn
 
-from grounding import detector as det
-from grounding import detector_engine as deng
-from grounding import engine
-from grounding.batching import iter_table_batches, select_rows
-from grounding.bench_rois import blob_image, blob_prepared_table
-from grounding.bench_train import synthetic_roi_table, synthetic_vectors
-from grounding.checkpoint import export_model
+from grounding.detection import detector as det
+from grounding.detection import engine as deng
+from grounding.model import engine
+from grounding.model.batching import iter_table_batches, select_rows
+from grounding.bench.rois import blob_image, blob_prepared_table
+from grounding.bench.train import synthetic_roi_table, synthetic_vectors
+from grounding.model.checkpoint import export_model
 from grounding.config import GroundingConfig, ModelConfig
-from grounding.model import build_model
-from grounding.predict import Predictor
-from grounding.prepared import bytes_to_pixels
-from grounding.rois import extract_rois
-from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
+from grounding.model.grounding_model import build_model
+from grounding.model.predict import Predictor
+from grounding.data.prepared import bytes_to_pixels
+from grounding.detection.rois import extract_rois
+from grounding.text.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
 
 pytestmark = [
     pytest.mark.gpu,

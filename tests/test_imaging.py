@@ -16,8 +16,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from grounding.boxes import scale_boxes
-from grounding.imaging import (
+from grounding.data.boxes import scale_boxes
+from grounding.data.imaging import (
     DecodedImage,
     QuarantineError,
     Reason,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grounding import indiana
+from grounding.text import indiana
 
 XML = """<?xml version="1.0" encoding="utf-8"?>
 <eCitation><uId id="CXR{n}"/><MedlineCitation><Article><Abstract>

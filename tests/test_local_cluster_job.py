@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from grounding.bench_train import synthetic_roi_table
-from grounding.storage import write_table
+from grounding.bench.train import synthetic_roi_table
+from grounding.data.storage import write_table
 from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]

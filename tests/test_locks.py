@@ -1,4 +1,4 @@
-"""One job per work dir / run id: grounding.locks and the CLI jobs that hold it (issue 17.5)."""
+"""One job per work dir / run id: grounding.data.locks and the CLI jobs that hold it (issue 17.5)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from grounding.locks import FolderLock, LockHeldError, exclusive, work_dir_lock_path
+from grounding.data.locks import FolderLock, LockHeldError, exclusive, work_dir_lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_second_pipeline_on_the_same_work_dir_is_refused(tmp_path):
 
 def test_second_training_on_the_same_run_id_is_refused(tmp_path):
     """`grounding train --run-id` holds <storage>/<run_id>.lock; the refusal names the holder."""
-    from grounding.locks import run_lock_path
+    from grounding.data.locks import run_lock_path
 
     from test_bad_input import make_rois, make_word_vectors
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from grounding.losses import bce_loss, grounding_loss, triplet_loss, triplet_terms
+from grounding.model.losses import bce_loss, grounding_loss, triplet_loss, triplet_terms
 
 
 def test_triplet_terms_hand_computed():
@@ -49,8 +49,8 @@ def test_without_classification_ablation_does_not_train_the_classifier():
 
 
 def test_other_study_negatives_are_the_next_studys_positive_rois():
-    from grounding.bench_train import synthetic_roi_table
-    from grounding.batching import iter_table_batches
+    from grounding.bench.train import synthetic_roi_table
+    from grounding.model.batching import iter_table_batches
 
     batch = next(iter_table_batches(synthetic_roi_table(4), 4))
     rolled = batch.with_other_study_negatives()
@@ -63,7 +63,7 @@ def test_other_study_negatives_are_the_next_studys_positive_rois():
 
 
 def test_alpha_distillation_is_zero_at_the_target_and_trains_only_alpha():
-    from grounding.losses import alpha_distillation
+    from grounding.model.losses import alpha_distillation
 
     r_roi = torch.tensor([[0.9, 0.1, -0.3, 0.5]], requires_grad=True)
     cand = torch.tensor([[True, True, True, False]])  # ROI 3 is not a candidate: ignored even with high R_roi
@@ -80,7 +80,7 @@ def test_alpha_distillation_is_zero_at_the_target_and_trains_only_alpha():
 
 
 def test_alpha_distillation_ignores_studies_without_text():
-    from grounding.losses import alpha_distillation
+    from grounding.model.losses import alpha_distillation
 
     alpha = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
     r_roi = torch.tensor([[1.0, -1.0], [1.0, -1.0]])

@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from grounding.cluster_checks import check_storage_path
+from grounding.distributed.cluster_checks import check_storage_path
 from grounding.config import PROFILES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ Each size runs in a fresh subprocess with its own Ray (``python tests/test_memor
 Ray workers keep their memory after a run, so measuring two sizes in one Ray would only show the
 first run's high-water mark. In the subprocess: ``ray.init(num_cpus=2)``, a warm-up prepare of a
 few rows (starts the Ray Data workers and imports the decoders), then the measured prepare inside
-``grounding.memory.PeakMemory(include_ray=False)``: the subprocess plus its children, i.e. exactly
+``grounding.bench.memory.PeakMemory(include_ray=False)``: the subprocess plus its children, i.e. exactly
 its own raylet/GCS and Ray workers, never another Ray on the machine. The figure compared is the
 growth of that process tree over the baseline taken just before the measured run, at 1x (40 rows)
 and 4x (160 rows) of 512 x 512 16-bit DICOMs resized to 256.
@@ -29,7 +29,7 @@ N_FILES = 10  # distinct files; replicate_manifest makes 1x = 40 rows, 4x = 160 
 
 
 def _manifest(folder: Path, n_files: int):
-    from grounding.schema import manifest_table, pseudonym
+    from grounding.data.schema import manifest_table, pseudonym
 
     rows = []
     for i in range(n_files):
@@ -45,10 +45,10 @@ def probe(factor: int, folder: Path) -> dict:
     """Run in a fresh process: growth of this process tree's RSS during one prepare of ``factor`` x 10 rows."""
     import ray
 
-    from grounding.memory import PeakMemory
-    from grounding.prepare import PrepareOptions
-    from grounding.ray_bench import replicate_manifest
-    from grounding.ray_prepare import run_prepare
+    from grounding.bench.memory import PeakMemory
+    from grounding.data.prepare import PrepareOptions
+    from grounding.distributed.bench_ingest import replicate_manifest
+    from grounding.distributed.prepare import run_prepare
 
     options = PrepareOptions(image_size=256, max_pixels=4096 * 4096, low_percentile=0.5, high_percentile=99.5)
     base = _manifest(folder / "in", N_FILES)

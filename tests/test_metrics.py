@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grounding import metrics as M
+from grounding.evaluation import metrics as M
 
 
 def test_box_iou_hand_computed_table():

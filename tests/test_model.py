@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from grounding.attention import cross_attention
+from grounding.model.attention import cross_attention
 from grounding.config import ModelConfig, SimilarityNorm, SRoiPooling
-from grounding.model import GroundingModel, GroundingOutput, build_model, localize
+from grounding.model.grounding_model import GroundingModel, GroundingOutput, build_model, localize
 
 
 def _model(c=8, d=6, **kw):
@@ -116,7 +116,7 @@ def test_per_roi_logits_pool_the_classifier_outputs_by_alpha():
 
 
 def test_roi_relevance_is_r_roi_with_the_studys_own_words():
-    from grounding.model import roi_relevance
+    from grounding.model.grounding_model import roi_relevance
 
     model = _model().eval()
     x = _inputs()

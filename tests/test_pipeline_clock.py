@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from grounding.ray_bench_suite import stage_rows
-from grounding.ray_pipeline import stage_clock
+from grounding.distributed.bench_suite import stage_rows
+from grounding.distributed.pipeline import stage_clock
 
 
 def test_stage_clock_splits_training_stages_only():

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from grounding import pool_diagnostics as pdx
-from grounding.report import pool_diagnostics_section
+from grounding.evaluation import pool_diagnostics as pdx
+from grounding.evaluation.report import pool_diagnostics_section
 
 GT = np.array([[0.0, 0.0, 10.0, 10.0]])
 # ROI 0 = the expert box (IoU 1), ROI 1 = half of it (IoU 0.5), ROI 2 = a quarter (IoU 0.25), ROI 3 off it

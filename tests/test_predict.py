@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding import detector as det
-from grounding.bench_train import synthetic_vectors
-from grounding.checkpoint import export_model
+from grounding.detection import detector as det
+from grounding.bench.train import synthetic_vectors
+from grounding.model.checkpoint import export_model
 from grounding.config import GroundingConfig
-from grounding.model import build_model
-from grounding.predict import PredictError, Predictor, predict_probabilities
+from grounding.model.grounding_model import build_model
+from grounding.model.predict import PredictError, Predictor, predict_probabilities
 from grounding.synth.dicom_writer import write_canary_dicom
-from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
+from grounding.text.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
 
 DET_SIZE = 64
 PREP_SIZE = 80  # prepared size differs from the detector input: exercises the resize path
@@ -96,7 +96,7 @@ def test_predict_files_boxes_probabilities_errors_and_no_phi(exported):
     np.testing.assert_allclose(np.asarray(big_r["boxes"]), 2 * np.asarray(small_r["boxes"]), atol=0.05)
     assert small_r["attributes"] == big_r["attributes"]
 
-    from grounding.predict import write_predictions
+    from grounding.model.predict import write_predictions
 
     out = tmp / "out"
     summary = write_predictions(predictor.predict_files(paths, keep_pixels=True), str(out))

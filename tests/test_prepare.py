@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from grounding import boxes as box_ops
-from grounding.prepare import PrepareOptions, prepare_row
-from grounding.prepared import bytes_to_pixels, read_prepared
-from grounding.schema import manifest_table, pseudonym
+from grounding.data import boxes as box_ops
+from grounding.data.prepare import PrepareOptions, prepare_row
+from grounding.data.prepared import bytes_to_pixels, read_prepared
+from grounding.data.schema import manifest_table, pseudonym
 
 from badfiles import write_all  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -44,7 +44,7 @@ def test_prepare_row_clips_and_scales_boxes(tmp_path):
 @pytest.mark.ray
 @pytest.mark.parametrize("engine", ["ray_data", "ray_tasks"])
 def test_prepare_job_quarantines_every_bad_kind(tmp_path, ray_local, engine):
-    from grounding.ray_prepare import run_prepare
+    from grounding.distributed.prepare import run_prepare
 
     made = write_all(tmp_path / "in")
     manifest = _manifest([p for p, _ in made])
@@ -76,7 +76,7 @@ def test_prepare_job_quarantines_every_bad_kind(tmp_path, ray_local, engine):
 
 
 def test_prepare_cuts_few_large_blocks_two_per_cpu_capped_in_rows():
-    from grounding.ray_prepare import MAX_BLOCK_ROWS, plan_blocks
+    from grounding.distributed.prepare import MAX_BLOCK_ROWS, plan_blocks
 
     assert plan_blocks(768, cpus=2) == 4  # per-task overhead dominates small blocks on few cores
     assert plan_blocks(3, cpus=8) == 3  # never an empty block

@@ -151,8 +151,8 @@ def _add_canary(synth: Path) -> dict[str, str]:
     import pandas as pd
     import pyarrow as pa
 
-    from grounding.schema import pseudonym
-    from grounding.storage import read_table, write_table
+    from grounding.data.schema import pseudonym
+    from grounding.data.storage import read_table, write_table
     from grounding.synth.dicom_writer import write_canary_dicom
 
     table = read_table(str(synth / "manifest.parquet"))
@@ -213,9 +213,9 @@ def _run_command(name: str, argv: list[str]) -> None:
 def test_canary_identity_reaches_no_output_log_or_checkpoint_of_any_command(tmp_path, ray_local, capfd, caplog):
     import pyarrow.parquet as pq
 
-    from grounding import ray_pipeline as rp
+    from grounding.distributed import pipeline as rp
     from grounding.config import load_config
-    from grounding.storage import read_table
+    from grounding.data.storage import read_table
 
     caplog.set_level(logging.DEBUG)  # every record any command logs, not only warnings
     work = tmp_path / "work"
@@ -262,7 +262,7 @@ def test_canary_identity_reaches_no_output_log_or_checkpoint_of_any_command(tmp_
     _run_command("bench", cli + ["ingest", "--manifest", str(manifest), "--sizes", "1", "--out", str(work / "bench")])
 
     # the canary really went through every stage and command
-    from grounding.prepared import read_prepared
+    from grounding.data.prepared import read_prepared
 
     prepared_ids = read_prepared(str(state.dir("prepared"))).column("image_id").to_pylist()
     assert canary["train"] in prepared_ids and canary["eval"] in prepared_ids

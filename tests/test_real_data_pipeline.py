@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.shared_data]
 @pytest.mark.timeout(3600)
 def test_pipeline_on_real_samples(shared_data, tmp_path, ray_local, capsys):
     from grounding.config import load_config
-    from grounding.datasets_roles import check_roots
-    from grounding.ray_pipeline import run_pipeline
+    from grounding.data.dataset_roles import check_roots
+    from grounding.distributed.pipeline import run_pipeline
 
     covid = shared_data / "covid"
     mimic, boxes, studies = build_mimic_tree(covid, tmp_path / "mimic")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grounding import figures, report
-from grounding.bootstrap import localization_cis, paired_bootstrap, per_image_hits
+from grounding.evaluation import figures
+from grounding.evaluation import report
+from grounding.evaluation.bootstrap import localization_cis, paired_bootstrap, per_image_hits
 
 
 def _images(n=3, size=64):

@@ -1,4 +1,4 @@
-"""The medspaCy ConText comparison engine (grounding.report_context) and the --engine switch.
+"""The medspaCy ConText comparison engine (grounding.text.report_context) and the --engine switch.
 
 The engine tests skip without medspaCy (an optional extra, not in CI); the missing-extra path is
 tested everywhere by hiding the module.
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from grounding import indiana
-from grounding.report_context import MedspacyMissing, build_pipeline
-from grounding.reports import ReportAttributes
+from grounding.text import indiana
+from grounding.text.report_context import MedspacyMissing, build_pipeline
+from grounding.text.reports import ReportAttributes
 
 
 def test_missing_medspacy_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
@@ -42,7 +42,7 @@ def test_unknown_engine_is_rejected():
 @pytest.fixture(scope="module")
 def context_extractor():
     pytest.importorskip("medspacy", reason="medspaCy is an optional extra (pip install '.[nlp]')")
-    from grounding.report_context import ContextExtractor
+    from grounding.text.report_context import ContextExtractor
 
     return ContextExtractor()
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from grounding.reports import (ReportAttributes, annotate_manifest, attribute_counts,
+from grounding.text.reports import (ReportAttributes, annotate_manifest, attribute_counts,
                                extract_attributes, read_covid_notes)
-from grounding.schema import MANIFEST_SCHEMA, manifest_table
-from grounding.vocabulary import ATTRIBUTES
+from grounding.data.schema import MANIFEST_SCHEMA, manifest_table
+from grounding.text.vocabulary import ATTRIBUTES
 
 # (real sentence, present attributes, findings, negated findings, uncertain attributes)
 REAL = [
@@ -196,7 +196,7 @@ def test_annotate_manifest_needs_report_text():
 
 
 def test_cli_lines_and_manifest(tmp_path, capsys):
-    from grounding.storage import read_table, write_table
+    from grounding.data.storage import read_table, write_table
     from rayjobs.attributes import main
 
     src = tmp_path / "r.txt"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from grounding.bench_train import synthetic_roi_table
-from grounding.run_checks import SNAPSHOT_FILE
-from grounding.storage import write_table
+from grounding.bench.train import synthetic_roi_table
+from grounding.model.run_checks import SNAPSHOT_FILE
+from grounding.data.storage import write_table
 
 from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 from test_fault_tolerance import _end_leftovers  # noqa: E402

@@ -5,11 +5,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from grounding import detector as det
-from grounding import storage
-from grounding.bench_rois import blob_prepared_table
+from grounding.detection import detector as det
+from grounding.data import storage
+from grounding.bench.rois import blob_prepared_table
 from grounding.config import ConfigError, DetectorConfig, GroundingConfig, RoiFeatures, RoiPool, load_config
-from grounding.rois import (
+from grounding.detection.rois import (
     ROI_ALIGN_LEVELS, anchor_locations, detector_forward, extract_rois, pool_box_features, read_roi_cache,
     roi_arrays, roi_columns, roi_feature_dim, select_rois,
 )
@@ -192,7 +192,7 @@ def test_per_location_pool_is_one_best_anchor_per_location(frozen, images):
 
 @pytest.mark.parametrize("pool, features", MODES)
 def test_every_mode_writes_one_cache_row_per_image(frozen, images, pool, features):
-    from grounding.ray_detector import ROI_SCHEMA, rois_for_rows
+    from grounding.detection.rois import ROI_SCHEMA, rois_for_rows
 
     width = roi_feature_dim(16, features)
     r = extract_rois(frozen, images, N, original_sizes=[(S, S)] * 3, pool=pool.value, features=features.value)
@@ -224,11 +224,11 @@ def test_unknown_roi_mode_is_an_error_naming_the_key(key):
 
 def test_predictor_extracts_the_rois_its_checkpoint_was_trained_on(tmp_path):
     """A model trained on roi_align ROIs (4 C wide) predicts with them; the width check follows the switch."""
-    from grounding.bench_train import synthetic_vectors
-    from grounding.checkpoint import export_model
-    from grounding.model import build_model
-    from grounding.predict import PredictError, Predictor
-    from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
+    from grounding.bench.train import synthetic_vectors
+    from grounding.model.checkpoint import export_model
+    from grounding.model.grounding_model import build_model
+    from grounding.model.predict import PredictError, Predictor
+    from grounding.text.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
 
     cfg, weights = _export_random_detector(tmp_path / "det")
     digest = (tmp_path / "det" / (det.DETECTOR_FILE + ".sha256")).read_text().split()[0]
@@ -263,7 +263,7 @@ def _export_random_detector(folder, num_rois=N):
 @pytest.mark.ray
 @pytest.mark.slow  # ~1.5 min on 2 shared cores: actor start + torch import dominate
 def test_extract_rois_job_one_row_per_image(tmp_path, ray_local):
-    from grounding.ray_detector import ROI_SCHEMA, run_extract_rois
+    from grounding.distributed.detector import ROI_SCHEMA, run_extract_rois
 
     table = blob_prepared_table(10, S, seed=3)
     prepared = tmp_path / "prepared"

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from grounding.config import GroundingConfig, load_config
-from grounding.search_space import (
+from grounding.config.search_space import (
     SearchAlg, SearchSpaceError, apply_overrides, check_against_config, decode_overrides, encode_choice,
     load_space, parse_space, plan_resources, trial_run_id,
 )
@@ -136,7 +136,7 @@ def test_plan_resources_fits_the_cluster():
 
 
 def test_results_table_plot_and_best_config(tmp_path):
-    from grounding import tune_results as tr
+    from grounding.distributed import tune_results as tr
 
     space = parse_space(_space(**{"optim.lr": {"loguniform": [1e-4, 1e-2]},
                                   "model.classifier_hidden": {"choice": [[32], [64, 32]]}}), source="t.yaml")

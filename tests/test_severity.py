@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from grounding import severity as sev
+from grounding.evaluation import severity as sev
 
 
 def make_table(n_patients: int = 20, per_patient: int = 3, seed: int = 0, missing: int = 0) -> pa.Table:
@@ -156,7 +156,7 @@ def test_severity_table_from_manifest_joins_on_image_id():
 
 
 def test_job_writes_outputs(tmp_path):
-    from grounding import storage
+    from grounding.data import storage
     from rayjobs import severity_cv as job
 
     pred = tmp_path / "pred.parquet"
@@ -175,7 +175,7 @@ def test_job_checkpoint_without_predict_module_is_a_clear_error(tmp_path, capsys
 
     from rayjobs import severity_cv as job
 
-    monkeypatch.setitem(sys.modules, "grounding.predict", None)  # import fails as if missing
+    monkeypatch.setitem(sys.modules, "grounding.model.predict", None)  # import fails as if missing
     root = tmp_path / "covid"
     (root / "images").mkdir(parents=True)
     (root / "metadata.csv").write_text("patientid,offset,view,modality,filename,finding,clinical_notes\n")
@@ -183,12 +183,12 @@ def test_job_checkpoint_without_predict_module_is_a_clear_error(tmp_path, capsys
 
     rc = job.main(["--dataset", "covid", "--root", str(root), "--checkpoint", str(make_checkpoint(tmp_path)),
                    "--out", str(tmp_path / "o"), "--no-ray"])
-    assert rc == 2 and "--checkpoint needs grounding.predict" in capsys.readouterr().err
+    assert rc == 2 and "--checkpoint needs grounding.model.predict" in capsys.readouterr().err
 
 
 @pytest.mark.ray
 def test_folds_run_as_ray_tasks_give_the_same_result(ray_local):
-    from grounding.ray_eval import ray_map
+    from grounding.distributed.tasks import ray_map
 
     table = make_table()
     local, _ = sev.severity_cv(table, 5, 0)
@@ -197,7 +197,7 @@ def test_folds_run_as_ray_tasks_give_the_same_result(ray_local):
 
 
 def test_job_dataset_form_with_a_predict_hook(tmp_path, monkeypatch):
-    """--dataset covid: manifest from covid_manifest, probabilities from grounding.predict (stubbed)."""
+    """--dataset covid: manifest from covid_manifest, probabilities from grounding.model.predict (stubbed)."""
     import sys
     import types
 
@@ -224,7 +224,7 @@ def test_job_dataset_form_with_a_predict_hook(tmp_path, monkeypatch):
                          "p_mild": 1 - s})
 
     monkeypatch.setenv("GROUNDING_PSEUDONYM_SALT", "test-salt")
-    monkeypatch.setitem(sys.modules, "grounding.predict",
+    monkeypatch.setitem(sys.modules, "grounding.model.predict",
                         types.SimpleNamespace(predict_probabilities=predict_probabilities))
     out = tmp_path / "out"
     ck = tmp_path / "ck.pt"

@@ -3,7 +3,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from grounding import storage
+from grounding.data import storage
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

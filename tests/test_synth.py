@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 from scipy import ndimage
 
 from grounding.config import ConfigError, GroundingConfig, SynthConfig
-from grounding.schema import MANIFEST_SCHEMA
+from grounding.data.schema import MANIFEST_SCHEMA
 from grounding.synth import anatomy, generate, lesions, write_canary_dicom
 from grounding.synth.contact import load_display
 from grounding.synth.render import Acquisition, render_case
@@ -160,7 +160,7 @@ def test_reports_name_the_true_locations_at_zero_omission(tiny):
 
 
 def test_manifest_schema_boxes_and_no_header_identity(tiny):
-    from grounding.adapters.synthetic import synthetic_manifest
+    from grounding.data.adapters.synthetic import synthetic_manifest
 
     table = synthetic_manifest(str(tiny), (0.6, 0.2, 0.2), 3)
     assert table.schema.equals(MANIFEST_SCHEMA)
@@ -194,7 +194,7 @@ def test_manifest_schema_boxes_and_no_header_identity(tiny):
 
 
 def test_site_c_layout_reads_with_the_covid_adapter(tiny, monkeypatch):
-    from grounding.adapters.covid import covid_manifest
+    from grounding.data.adapters.covid import covid_manifest
 
     monkeypatch.setenv("GROUNDING_PSEUDONYM_SALT", "test-salt")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grounding.bench_train import synthetic_roi_table, synthetic_vectors
+from grounding.bench.train import synthetic_roi_table, synthetic_vectors
 from grounding.config import GroundingConfig
-from grounding.storage import write_table
-from grounding.vocabulary import ATTRIBUTES
+from grounding.data.storage import write_table
+from grounding.text.vocabulary import ATTRIBUTES
 from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
@@ -33,7 +33,7 @@ def test_parser_and_missing_word_vectors_fail_cleanly(tmp_path, capsys):
 
 
 def test_loop_config_is_plain_data_and_checks_vectors(tmp_path):
-    from grounding.ray_train import make_loop_config
+    from grounding.distributed.train import make_loop_config
 
     cfg = GroundingConfig()
     lc = make_loop_config(cfg, synthetic_vectors(8), 12, "run-1", str(tmp_path), str(tmp_path / "s"))
@@ -56,7 +56,7 @@ def _history(run_dir: Path) -> list[dict]:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_cli_train_then_resume_same_run_id_local_mode(tmp_path, ray_local, capsys):
-    from grounding.checkpoint import load_model
+    from grounding.model.checkpoint import load_model
     from rayjobs import train
 
     rois, wv, work = tmp_path / "rois.parquet", tmp_path / "wv", tmp_path / "work"
@@ -90,7 +90,7 @@ def test_cli_train_then_resume_same_run_id_local_mode(tmp_path, ray_local, capsy
 @pytest.mark.slow
 def test_worker_mode_resume_through_ray_checkpoints(tmp_path, ray_local):
     """num_workers=1: a real Ray Train worker; resume comes from ray.train.get_checkpoint()."""
-    from grounding.ray_train import run_training
+    from grounding.distributed.train import run_training
 
     rois = tmp_path / "rois.parquet"
     write_table(synthetic_roi_table(48, feature_dim=12), str(rois))
@@ -108,10 +108,10 @@ def test_worker_mode_resume_through_ray_checkpoints(tmp_path, ray_local):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_streaming_mode_runs_the_frozen_detector_in_the_worker(tmp_path, ray_local):
-    from grounding.detector import build_retinanet, detector_meta, export_detector
-    from grounding.prepared import pixels_to_bytes, prepared_table
-    from grounding.ray_train import run_training
-    from grounding.schema import empty_manifest_row
+    from grounding.detection.detector import build_retinanet, detector_meta, export_detector
+    from grounding.data.prepared import pixels_to_bytes, prepared_table
+    from grounding.distributed.train import run_training
+    from grounding.data.schema import empty_manifest_row
 
     export_detector(build_retinanet("resnet18", 16, 64), str(tmp_path / "det"), detector_meta("resnet18", 16, 64, {}))
     rng = np.random.default_rng(0)
@@ -137,7 +137,7 @@ def test_streaming_mode_runs_the_frozen_detector_in_the_worker(tmp_path, ray_loc
 
 
 def test_checkpoint_cadence_every_k_epochs_and_the_last():
-    from grounding.checkpoint import checkpoint_due
+    from grounding.model.checkpoint import checkpoint_due
 
     saved = [e for e in range(8) if checkpoint_due(e, 3, final=e == 7)]
     assert saved == [2, 5, 7]  # a crash redoes at most 3 epochs; the finished run is always saved
@@ -146,7 +146,7 @@ def test_checkpoint_cadence_every_k_epochs_and_the_last():
 
 
 def test_fit_clock_counts_only_this_fits_epochs():
-    from grounding.ray_train import fit_clock
+    from grounding.distributed.train import fit_clock
 
     hist = [{"epoch_start_time": 90.0, "compute_s": 5.0},  # a previous fit (resumed run)
             {"epoch_start_time": 120.0, "compute_s": 2.0}, {"epoch_start_time": 123.0, "compute_s": 4.5}]

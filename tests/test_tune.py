@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from grounding.bench_train import synthetic_roi_table
-from grounding.storage import write_table
+from grounding.bench.train import synthetic_roi_table
+from grounding.data.storage import write_table
 from helpers import write_test_vectors  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_sigkilled_search_restores_without_rerunning_finished_trials(tmp_path):
 
 # -- no Ray: trials/hour over restores, and the searcher fallback -------------------------------------
 def _space():
-    from grounding.search_space import parse_space
+    from grounding.config.search_space import parse_space
 
     return parse_space({"metric": "val_attribute_auc", "mode": "max", "num_samples": 4, "search_alg": "hyperopt",
                         "params": {"optim.lr": {"loguniform": [1e-3, 3e-2]}}})
@@ -153,7 +153,7 @@ def _space():
 def test_trials_per_hour_after_a_restore_counts_the_time_of_every_run(tmp_path):
     """4 trials finished in a 30-minute run that was killed, then a 60 s restore re-ran nothing:
     4 trials in 31 minutes (7.7/h), not 4 in 60 s (240/h)."""
-    from grounding import tune_results as tr
+    from grounding.distributed import tune_results as tr
 
     out, exp = tmp_path / "out", tmp_path / "exp"
     out.mkdir()
@@ -176,7 +176,7 @@ def test_trials_per_hour_after_a_restore_counts_the_time_of_every_run(tmp_path):
 def test_hyperopt_runs_when_installed_else_the_documented_random_fallback(monkeypatch, caplog):
     from ray.tune.search import BasicVariantGenerator
 
-    from grounding import ray_tune
+    from grounding.distributed import tune as ray_tune
 
     try:
         import hyperopt  # noqa: F401
@@ -189,7 +189,7 @@ def test_hyperopt_runs_when_installed_else_the_documented_random_fallback(monkey
 
         assert isinstance(ray_tune._search_alg(_space()), HyperOptSearch)
         monkeypatch.setitem(sys.modules, "hyperopt", None)  # then check the fallback too
-    with caplog.at_level(logging.WARNING, logger="grounding.ray_tune"):
+    with caplog.at_level(logging.WARNING, logger="grounding.distributed.tune"):
         alg = ray_tune._search_alg(_space())
     assert isinstance(alg, BasicVariantGenerator)
     assert "search_alg hyperopt needs the hyperopt package" in caplog.text and "random search" in caplog.text

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from grounding import word_vectors as W
-from grounding.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
+from grounding.text import word_vectors as W
+from grounding.text.vocabulary import ATTRIBUTES, VOCABULARY_VERSION
 
 TINY = [
     "There is patchy left lower lobe opacity. No right effusion.",
@@ -105,7 +105,7 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
 
 
 def test_ray_tokenize_batch_is_pure():
-    from grounding.ray_text import tokenize_batch
+    from grounding.distributed.text import tokenize_batch
 
     out = tokenize_batch({"index": np.array([0, 1]), "text": np.array(["Left opacity. No effusion.", ""], dtype=object)})
     assert list(out["sentences"]) == ["left opacity\nno effusion", ""]

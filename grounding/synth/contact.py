@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pydicom
 from PIL import Image, ImageDraw
 
-from grounding import storage
+from grounding.data import storage
 
 
 def load_display(path: Path) -> np.ndarray:

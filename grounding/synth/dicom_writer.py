@@ -26,7 +26,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from grounding.storage import atomic_write_bytes
+from grounding.data.storage import atomic_write_bytes
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"

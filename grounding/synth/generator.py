@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from grounding import storage
+from grounding.data import storage
 from grounding.config import SynthConfig
-from grounding.synth import lesions, sites
+from grounding.synth import sites
+from grounding.synth.cases import attributes_for, flat_attributes, image_rng  # noqa: F401 (re-exported)
 from grounding.synth.render import Acquisition
-
-SITE_CODE = {"A": 1, "B": 2, "C": 3}
 
 INDEX_SCHEMA = pa.schema([
     ("image_key", pa.string()), ("file", pa.string()), ("site", pa.string()),
@@ -47,44 +46,12 @@ INDEX_SCHEMA = pa.schema([
 ])
 
 
-def image_rng(seed: int, site: str, index: int, *extra: int) -> np.random.Generator:
-    """The generator of one image (or one site-C patient): independent of processing order."""
-    return np.random.default_rng([seed, SITE_CODE[site], index, *extra])
-
-
 def acquisition(cfg: SynthConfig, site: str) -> Acquisition:
     if site == "A":
         return Acquisition(cfg.site_a_noise, cfg.site_a_gamma, cfg.site_a_blur, cfg.site_a_exposure_jitter,
                            cfg.site_a_positioning_jitter, 0.0)
     return Acquisition(cfg.site_b_noise, cfg.site_b_gamma, cfg.site_b_blur, cfg.site_b_exposure_jitter,
                        cfg.site_b_positioning_jitter, cfg.site_b_device_fraction)
-
-
-def attributes_for(truth: lesions.Truth, score: int, rng: np.random.Generator, wording_noise: float) -> dict:
-    """True attribute words by role; the severity word follows the 0-8 score with wording noise."""
-    grades = ("mild", "moderate", "severe")
-    grade = lesions.severity_word(score)
-    if grade and rng.random() < wording_noise:
-        i = grades.index(grade) + int(rng.choice([-1, 1]))
-        grade = grades[int(np.clip(i, 0, 2))]
-    return {
-        "side": "bilateral" if len(truth.sides) == 2 else truth.sides[0],
-        "zones": list(truth.zones),
-        "pattern": truth.pattern,
-        "texture": truth.texture if truth.texture in ("hazy", "streaky") else "",
-        "severity": grade,
-        "extensive": score >= 6,
-    }
-
-
-def flat_attributes(roles: dict | None) -> list[str]:
-    from grounding.vocabulary import ATTRIBUTE_INDEX
-
-    if not roles:
-        return []
-    words = {roles["side"], *roles["zones"], roles["pattern"], roles["texture"], roles["severity"],
-             "extensive" if roles["extensive"] else ""}
-    return sorted((w for w in words if w), key=lambda w: ATTRIBUTE_INDEX[w])
 
 
 def plan(cfg: SynthConfig) -> list[tuple[str, int, bool]]:

@@ -2,7 +2,7 @@
 
 A positive report names the opacity with one of several nouns (opacity, airspace disease,
 consolidation, infiltrate), builds a location phrase from the attribute words of
-:mod:`grounding.vocabulary`, and leaves each true attribute out with probability ``omission``
+:mod:`grounding.text.vocabulary`, and leaves each true attribute out with probability ``omission``
 (radiologists do not say everything). Around it: technique, devices, negated and hedged
 sentences about *other* findings, normal sentences and comparison sentences. Negative studies get
 normal reports, sometimes with "no focal consolidation" or a hedge about early infection.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from grounding.vocabulary import ATTRIBUTE_INDEX
+from grounding.text.vocabulary import ATTRIBUTE_INDEX
 
 NOUNS = ("opacity", "opacities", "airspace disease", "consolidation", "infiltrate", "airspace opacity")
 REGION_ZONES = ("apical", "basal", "perihilar", "peripheral", "retrocardiac", "lingular")

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from grounding import storage
+from grounding.data import storage
 from grounding.config import SynthConfig
 from grounding.synth import anatomy, dicom_writer, imaging, lesions, reports
+from grounding.synth.cases import attributes_for, flat_attributes, image_rng
 from grounding.synth.render import Acquisition, Rendered, render_case
 
 _CLINICAL = ["Fever and cough for three days.", "Shortness of breath, hypoxic on room air.",
@@ -32,7 +33,6 @@ def _positive_render(rng, h, w, acq, patient, view, box_jitter, tries: int = 4) 
 def _row(key: str, file: str, site: str, patient: str, study: str, img: Rendered, h: int, w: int, view: str,
          fmt: str, photometric: str, bits: int, ts: str, roles: dict | None, reported: list[str], purpose: str,
          offset: int | None, report_file: str) -> dict:
-    from grounding.synth.generator import flat_attributes
 
     t = img.truth
     positive = t is not None and img.score > 0
@@ -54,7 +54,6 @@ def _row(key: str, file: str, site: str, patient: str, study: str, img: Rendered
 
 def make_site_a(cfg: SynthConfig, out: str, i: int, rng: np.random.Generator, acq: Acquisition) -> dict:
     """RSNA-like: one image per patient, CR JPEG Baseline 8-bit MONOCHROME2, boxes, no report."""
-    from grounding.synth.generator import attributes_for
 
     size = cfg.site_a_size
     patient = anatomy.sample_patient(rng)
@@ -77,7 +76,6 @@ def make_site_a(cfg: SynthConfig, out: str, i: int, rng: np.random.Generator, ac
 
 
 def flat_from(roles: dict | None) -> list[str]:
-    from grounding.synth.generator import flat_attributes
 
     return flat_attributes(roles)
 
@@ -85,7 +83,6 @@ def flat_from(roles: dict | None) -> list[str]:
 def make_site_b(cfg: SynthConfig, out: str, i: int, boxed: bool, rng: np.random.Generator,
                 acq: Acquisition) -> dict:
     """MIMIC-like: 16-bit/12 stored, some MONOCHROME1 (CR), the rest DX; some RLE; devices; report."""
-    from grounding.synth.generator import attributes_for
 
     size = cfg.site_b_size
     patient_no = i * 2 // 3  # about 1.5 studies per patient; anatomy and identity follow the patient
@@ -136,7 +133,6 @@ def covid_truth(rng: np.random.Generator) -> lesions.Truth:
 
 def make_site_c_patient(cfg: SynthConfig, out: str, p: int, acq: Acquisition) -> list[dict]:
     """Several PNG/JPEG images of one patient over days; the opacity waxes and wanes."""
-    from grounding.synth.generator import attributes_for, image_rng
 
     prng = image_rng(cfg.seed, "C", p)
     patient = anatomy.sample_patient(prng)

@@ -1,0 +1,3 @@
+"""Detection: the frozen RetinaNet, its training loop, ROI extraction (the ROI cache) and the CAM
+baseline.
+"""
