@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         table = word_vectors.run(
             texts, args.out, vector_size=cfg.vector_size, window=cfg.window, min_count=cfg.min_count,
             epochs=cfg.epochs, seed=cfg.seed, skip_gram=cfg.skip_gram,
-            negative_rule=cfg.negative_rule, tokenize=tokenize)
+            negative_rule=cfg.negative_rule, min_reports=cfg.min_reports, tokenize=tokenize)
     except ValueError as err:
         print(f"word-vectors: {err}", file=sys.stderr)
         return 1

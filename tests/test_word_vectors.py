@@ -129,3 +129,24 @@ def test_word_vectors_job_on_indiana(shared_data, ray_local, tmp_path, capsys):
     assert neg["mild"] == "moderate" and neg["severe"] in ("mild", "moderate")
     meta = json.loads((tmp_path / W.META_FILE).read_text())
     assert meta["settings"]["reports"] > 3900 and meta["settings"]["workers"] == 1
+
+
+def test_words_of_fewer_than_min_reports_never_reach_the_model(tmp_path):
+    """A name and an id written in one patient's report (twice: two images share it) stay out of the
+    vocabulary; an attribute word used by one report only is kept (privacy, word_vectors.min_reports)."""
+    canary = "Patient Quazimundo, MRN PID884. Diffuse opacity in the left lung."
+    texts = [*TINY, canary, canary, "Small effusion, Quazimundo noted."]
+    assert {"quazimundo", "pid884"} <= {w for s in W.sentences_of(canary) for w in s}
+    rare = W.rare_words(texts, min_reports=3)
+    assert {"quazimundo", "pid884"} <= rare  # 2 distinct reports, not 3: identical copies count once
+    assert not rare & {w for a in ATTRIBUTES for w in W.words_of(a)}
+    W.run(texts, str(tmp_path), vector_size=8, window=3, min_count=1, epochs=1, seed=0,
+          skip_gram=True, negative_rule="attributes", min_reports=3)
+    model_bytes = (tmp_path / W.MODEL_FILE).read_bytes()
+    assert b"quazimundo" not in model_bytes and b"pid884" not in model_bytes
+    settings = json.loads((tmp_path / W.META_FILE).read_text())
+    assert "quazimundo" not in json.dumps(settings)
+    # without the guard (min_reports=1) the name is in the model: the check above can fail
+    W.run(texts, str(tmp_path / "off"), vector_size=8, window=3, min_count=1, epochs=1, seed=0,
+          skip_gram=True, negative_rule="attributes", min_reports=1)
+    assert b"quazimundo" in (tmp_path / "off" / W.MODEL_FILE).read_bytes()

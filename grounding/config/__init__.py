@@ -210,6 +210,9 @@ class WordVectorConfig:
     vector_size: int = 64  # d: dimension of m_j and of phi_i
     window: int = 5
     min_count: int = 2
+    # Privacy: a word enters the vocabulary only if at least this many distinct reports use it, so the
+    # names, ids and dates of one patient's report never reach word2vec.model (attribute words are kept).
+    min_reports: int = 3
     epochs: int = 30
     seed: int = 0
     skip_gram: bool = True  # skip-gram (True) or CBOW (False); skip-gram suits small corpora
@@ -220,6 +223,7 @@ class WordVectorConfig:
         _check(4 <= self.vector_size <= 1024, f"{prefix}.vector_size", "must be in [4, 1024]")
         _check(self.window >= 1, f"{prefix}.window", "must be >= 1")
         _check(self.min_count >= 1, f"{prefix}.min_count", "must be >= 1")
+        _check(self.min_reports >= 1, f"{prefix}.min_reports", "must be >= 1")
         _check(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
         _check(self.negative_rule in ("attributes", "vocabulary"), f"{prefix}.negative_rule",
                "must be 'attributes' or 'vocabulary'")

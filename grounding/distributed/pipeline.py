@@ -220,6 +220,7 @@ def _word_vectors(cfg: GroundingConfig, manifest_path: Path, out: Path) -> dict:
     texts = corpus_texts(cfg, str(manifest_path))
     table = word_vectors.run(texts, str(out), vector_size=w.vector_size, window=w.window, min_count=w.min_count,
                              epochs=w.epochs, seed=w.seed, skip_gram=w.skip_gram, negative_rule=w.negative_rule,
+                             min_reports=w.min_reports,
                              tokenize=lambda t: ray_text.tokenize_texts(t, batch_size=w.batch_size))
     print(word_vectors.format_table(table), flush=True)
     return {"reports": len(texts)}

@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -79,6 +80,19 @@ def sentences_of(text: Any) -> list[list[str]]:
     if current:
         out.append(current)
     return out
+
+
+def rare_words(texts: Iterable[Any], min_reports: int) -> set[str]:
+    """Words used by fewer than ``min_reports`` distinct reports, attribute words and their synonyms
+    excepted: they are dropped before training, so no identifier, name or date written in one
+    patient's report (or its copies) enters the vocabulary of ``word2vec.model``."""
+    if min_reports <= 1:
+        return set()
+    keep = {w for a in ATTRIBUTES for w in words_of(a)}
+    reports: Counter = Counter()
+    for text in dict.fromkeys(t for t in texts if isinstance(t, (str, bytes, bytearray))):  # distinct texts
+        reports.update({w for sentence in sentences_of(text) for w in sentence})
+    return {w for w, n in reports.items() if n < min_reports and w not in keep}
 
 
 def train_word2vec(sentences: list[list[str]], vector_size: int, window: int, min_count: int,
@@ -311,14 +325,17 @@ def sentences_from_texts(texts: Iterable[Any]) -> list[list[str]]:
 
 
 def run(texts: list[str], out_dir: str, *, vector_size: int, window: int, min_count: int,
-        epochs: int, seed: int, skip_gram: bool, negative_rule: str,
+        epochs: int, seed: int, skip_gram: bool, negative_rule: str, min_reports: int = 1,
         tokenize=sentences_from_texts) -> dict[str, Any]:
-    """Tokenise (``tokenize``: the Ray adapter or the in-process default), train, choose negatives,
-    write every output into ``out_dir``. Returns the table (see :func:`build_attribute_table`)."""
-    sentences = tokenize(texts)
+    """Tokenise (``tokenize``: the Ray adapter or the in-process default), drop the words of fewer than
+    ``min_reports`` reports (:func:`rare_words`), train, choose negatives, write every output into
+    ``out_dir``. Returns the table (see :func:`build_attribute_table`)."""
+    rare = rare_words(texts, min_reports)
+    sentences = [kept for s in tokenize(texts) if (kept := [w for w in s if w not in rare])]
     model = train_word2vec(sentences, vector_size, window, min_count, epochs, seed, skip_gram)
     table = build_attribute_table(model.wv, seed, negative_rule)
-    settings = {"vector_size": vector_size, "window": window, "min_count": min_count, "epochs": epochs,
+    settings = {"vector_size": vector_size, "window": window, "min_count": min_count,
+                "min_reports": min_reports, "words_dropped_as_rare": len(rare), "epochs": epochs,
                 "seed": seed, "skip_gram": skip_gram, "negative_rule": negative_rule, "workers": 1,
                 "reports": len(texts), "sentences": len(sentences),
                 "tokens": sum(len(s) for s in sentences), "vocabulary": len(model.wv)}
