@@ -125,8 +125,11 @@ def test_word_vectors_job_on_indiana(shared_data, ray_local, tmp_path, capsys):
     neg = dict(zip(ATTRIBUTES, vecs.negative_words))
     # what holds on this corpus (seed 0, d=64, skip-gram, 30 epochs):
     assert neg["left"] == "right" and neg["right"] == "left"
-    assert neg["upper"] == "lower"
-    assert neg["mild"] == "moderate" and neg["severe"] in ("mild", "moderate")
+    # the other vertical zones; which is nearest depends on the corpus: "lower" before word_vectors.min_reports
+    # dropped the words of fewer than 3 reports, "middle" since (so this assertion changed with that guard)
+    assert neg["upper"] in ("lower", "middle")
+    # another severity grade (which one also moved with min_reports: mild -> moderate before, -> severe since)
+    assert neg["mild"] in ("moderate", "severe") and neg["severe"] in ("mild", "moderate")
     meta = json.loads((tmp_path / W.META_FILE).read_text())
     assert meta["settings"]["reports"] > 3900 and meta["settings"]["workers"] == 1
 
