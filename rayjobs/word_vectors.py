@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     texts = word_vectors.corpus_texts(args.manifest, args.indiana, args.texts)
     log.info("corpus: %d reports", len(texts))
-    tokenize = word_vectors.sentences_from_texts
+    tokenize = word_vectors.sentences_by_report
     if not args.no_ray:
         import ray
 

@@ -140,7 +140,7 @@ def test_words_of_fewer_than_min_reports_never_reach_the_model(tmp_path):
     canary = "Patient Quazimundo, MRN PID884. Diffuse opacity in the left lung."
     texts = [*TINY, canary, canary, "Small effusion, Quazimundo noted."]
     assert {"quazimundo", "pid884"} <= {w for s in W.sentences_of(canary) for w in s}
-    rare = W.rare_words(texts, min_reports=3)
+    rare = W.rare_words(texts, W.sentences_by_report(texts), min_reports=3)
     assert {"quazimundo", "pid884"} <= rare  # 2 distinct reports, not 3: identical copies count once
     assert not rare & {w for a in ATTRIBUTES for w in W.words_of(a)}
     W.run(texts, str(tmp_path), vector_size=8, window=3, min_count=1, epochs=1, seed=0,

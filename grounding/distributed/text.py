@@ -20,8 +20,8 @@ def tokenize_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"index": np.asarray(batch["index"]), "sentences": np.asarray(joined, dtype=object)}
 
 
-def tokenize_texts(texts: list[str], batch_size: int = 256) -> list[list[str]]:
-    """All sentences of ``texts`` (in corpus order), tokenised by Ray Data ``map_batches``.
+def tokenize_texts(texts: list[str], batch_size: int = 256) -> list[list[list[str]]]:
+    """Each report's sentences (in corpus order), tokenised by Ray Data ``map_batches``.
 
     Ray must already be initialised (``grounding.distributed.runtime.init_ray``).
     """
@@ -32,4 +32,4 @@ def tokenize_texts(texts: list[str], batch_size: int = 256) -> list[list[str]]:
     ds = ray.data.from_items([{"index": i, "text": t} for i, t in enumerate(texts)])
     ds = ds.map_batches(tokenize_batch, batch_size=batch_size, batch_format="numpy")
     rows = sorted(ds.take_all(), key=lambda r: int(r["index"]))
-    return [s.split(" ") for r in rows for s in str(r["sentences"]).split(_SENTENCE_SEP) if s]
+    return [[s.split(" ") for s in str(r["sentences"]).split(_SENTENCE_SEP) if s] for r in rows]

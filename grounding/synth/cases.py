@@ -43,3 +43,6 @@ def flat_attributes(roles: dict | None) -> list[str]:
     words = {roles["side"], *roles["zones"], roles["pattern"], roles["texture"], roles["severity"],
              "extensive" if roles["extensive"] else ""}
     return sorted((w for w in words if w), key=lambda w: ATTRIBUTE_INDEX[w])
+
+
+__all__ = ["SITE_CODE", "attributes_for", "flat_attributes", "image_rng"]

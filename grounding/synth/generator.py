@@ -29,7 +29,7 @@ import pyarrow as pa
 from grounding.data import storage
 from grounding.config import SynthConfig
 from grounding.synth import sites
-from grounding.synth.cases import attributes_for, flat_attributes, image_rng  # noqa: F401 (re-exported)
+from grounding.synth.cases import image_rng
 from grounding.synth.render import Acquisition
 
 INDEX_SCHEMA = pa.schema([
@@ -130,4 +130,4 @@ def summarise(cfg: SynthConfig, records: list[dict]) -> dict:
     }
 
 
-__all__ = ["INDEX_SCHEMA", "acquisition", "attributes_for", "flat_attributes", "generate", "image_rng", "plan"]
+__all__ = ["INDEX_SCHEMA", "acquisition", "generate", "plan"]

@@ -32,7 +32,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -82,17 +82,20 @@ def sentences_of(text: Any) -> list[list[str]]:
     return out
 
 
-def rare_words(texts: Iterable[Any], min_reports: int) -> set[str]:
+def rare_words(texts: Sequence[Any], reports: Sequence[list[list[str]]], min_reports: int) -> set[str]:
     """Words used by fewer than ``min_reports`` distinct reports, attribute words and their synonyms
     excepted: they are dropped before training, so no identifier, name or date written in one
-    patient's report (or its copies) enters the vocabulary of ``word2vec.model``."""
+    patient's report (or its copies) enters the vocabulary of ``word2vec.model``.
+
+    ``reports[i]`` is the tokenised ``texts[i]`` (its sentences); identical texts count once.
+    """
     if min_reports <= 1:
         return set()
     keep = {w for a in ATTRIBUTES for w in words_of(a)}
-    reports: Counter = Counter()
-    for text in dict.fromkeys(t for t in texts if isinstance(t, (str, bytes, bytearray))):  # distinct texts
-        reports.update({w for sentence in sentences_of(text) for w in sentence})
-    return {w for w, n in reports.items() if n < min_reports and w not in keep}
+    counts: Counter = Counter()
+    for sentences in dict(zip(texts, reports)).values():  # one entry per distinct text
+        counts.update({w for sentence in sentences for w in sentence})
+    return {w for w, n in counts.items() if n < min_reports and w not in keep}
 
 
 def train_word2vec(sentences: list[list[str]], vector_size: int, window: int, min_count: int,
@@ -319,19 +322,25 @@ def corpus_texts(manifest: str | None = None, indiana: str | None = None,
     return out
 
 
+def sentences_by_report(texts: Iterable[Any]) -> list[list[list[str]]]:
+    """Each report's sentences, in order (the non-Ray path)."""
+    return [sentences_of(t) for t in texts]
+
+
 def sentences_from_texts(texts: Iterable[Any]) -> list[list[str]]:
-    """All sentences of many reports, in order (the non-Ray path)."""
-    return [s for t in texts for s in sentences_of(t)]
+    """All sentences of many reports, in order."""
+    return [s for report in sentences_by_report(texts) for s in report]
 
 
 def run(texts: list[str], out_dir: str, *, vector_size: int, window: int, min_count: int,
         epochs: int, seed: int, skip_gram: bool, negative_rule: str, min_reports: int = 1,
-        tokenize=sentences_from_texts) -> dict[str, Any]:
-    """Tokenise (``tokenize``: the Ray adapter or the in-process default), drop the words of fewer than
-    ``min_reports`` reports (:func:`rare_words`), train, choose negatives, write every output into
-    ``out_dir``. Returns the table (see :func:`build_attribute_table`)."""
-    rare = rare_words(texts, min_reports)
-    sentences = [kept for s in tokenize(texts) if (kept := [w for w in s if w not in rare])]
+        tokenize=sentences_by_report) -> dict[str, Any]:
+    """Tokenise (``tokenize``, per report: the Ray adapter or the in-process default), drop the words of
+    fewer than ``min_reports`` reports (:func:`rare_words`), train, choose negatives, write every output
+    into ``out_dir``. Returns the table (see :func:`build_attribute_table`)."""
+    reports = tokenize(texts)
+    rare = rare_words(texts, reports, min_reports)
+    sentences = [kept for report in reports for s in report if (kept := [w for w in s if w not in rare])]
     model = train_word2vec(sentences, vector_size, window, min_count, epochs, seed, skip_gram)
     table = build_attribute_table(model.wv, seed, negative_rule)
     settings = {"vector_size": vector_size, "window": window, "min_count": min_count,
