@@ -285,3 +285,20 @@ def test_extract_rois_job_one_row_per_image(tmp_path, ray_local):
     # rerun into the same folder: nothing recomputed, nothing duplicated
     again = run_extract_rois(cfg, str(prepared), weights, out, rows_per_shard=4)
     assert again["written"] == 0 and again["already_done"] == 10 and storage.read_table(out).num_rows == 10
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_extract_actor_runs_the_configured_torch_threads(tmp_path, threads):
+    """The actor reserves 1 CPU but runs detector.extract_threads threads (Ray would give it 1)."""
+    from grounding.distributed.detector import RoiExtractor
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        cfg, weights = _export_random_detector(tmp_path / "det")
+        extractor = RoiExtractor(weights, "", N, threads=threads)
+        assert torch.get_num_threads() == threads
+        rows = extractor(blob_prepared_table(2, S, seed=1))
+        assert rows.num_rows == 2
+    finally:
+        torch.set_num_threads(before)

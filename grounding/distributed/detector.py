@@ -36,6 +36,7 @@ from grounding.model.checkpoint import checkpoint_due
 from grounding.config import GroundingConfig, RoiFeatures, RoiPool
 from grounding.data.prepared import PREPARED_SCHEMA, read_prepared
 from grounding.detection.rois import ROI_SCHEMA, read_roi_cache, rois_for_rows
+from grounding.distributed.runtime import use_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,11 @@ class RoiExtractor:
     """
 
     def __init__(self, weights_path: str, sha256: str, num_rois: int, use_gpu: bool = False,
-                 pool: str = RoiPool.TOP_ANCHORS.value, features: str = RoiFeatures.TOWER.value) -> None:
+                 pool: str = RoiPool.TOP_ANCHORS.value, features: str = RoiFeatures.TOWER.value,
+                 threads: int = 1) -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            use_cpu_threads(threads)
         self.detector = det.load_frozen_detector(weights_path, sha256).to(self.device)
         self.num_rois = num_rois
         self.pool, self.features = RoiPool(pool), RoiFeatures(features)
@@ -237,7 +241,8 @@ def run_extract_rois(
             compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={"weights_path": weights_path, "sha256": sha, "num_rois": d.num_rois,
                                    "use_gpu": use_gpu, "pool": RoiPool(d.roi_pool).value,
-                                   "features": RoiFeatures(d.roi_features).value},
+                                   "features": RoiFeatures(d.roi_features).value,
+                                   "threads": d.extract_threads},
             num_gpus=1 if use_gpu else 0, num_cpus=None if use_gpu else 1,
         )
         written = _write_shards(ds.iter_batches(batch_size=None, batch_format="pyarrow"), out, done,

@@ -51,6 +51,19 @@ def set_report_poll(seconds: float) -> None:
     os.environ[HEALTH_CHECK_ENV] = repr(float(seconds))
 
 
+def use_cpu_threads(cpus: float) -> int:
+    """Set torch's intra-op threads for this worker (at least 1); returns the count.
+
+    Ray gives a task or actor OMP_NUM_THREADS = its reserved CPUs; the CPU extract-rois actor reserves
+    1 CPU (so Ray Data's read tasks still find one on a small node) but runs ``detector.extract_threads``.
+    """
+    import torch
+
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def cluster_cpus() -> int:
     import ray
 
