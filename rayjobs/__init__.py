@@ -6,5 +6,5 @@ Every job runs as ``grounding <command>`` or ``python -m rayjobs.<command_with_u
 COMMANDS = (
     "synth", "inspect", "prepare", "attributes", "word-vectors", "score-attributes",
     "train-detector", "extract-rois", "train", "tune", "predict", "evaluate", "severity-cv",
-    "pipeline", "bench",
+    "pipeline", "bench", "config",
 )

@@ -23,6 +23,7 @@ _SUMMARY = {
     "severity-cv": "Ray job: P(severe)/P(mild) vs severity scores, K-fold by patient",
     "pipeline": "the whole method end to end on a local Ray or a cluster",
     "bench": "benchmarks: ingest, ROI extraction, training, Tune, end to end",
+    "config": "print the resolved config (--show) or every documented field (--fields)",
 }
 
 

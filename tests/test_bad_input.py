@@ -172,6 +172,7 @@ JOBS = [
     Job("severity-cv", {"--root": "root", "--severity-csv": "csv", "--checkpoint": "checkpoint",
                         "--detector": "checkpoint"}, "--out", ["--dataset", "covid"]),
     Job("pipeline", {"--config": "config"}, "--work-dir"),
+    Job("config", {"--config": "config"}, "", ["--show"]),
     Job("bench", {"--manifest": "manifest"}, "--out", ["ingest"]),
     Job("bench", {"--rois": "rois", "--word-vectors": "word_vectors", "--prepared": "prepared",
                   "--detector": "checkpoint"}, "--out", ["train"]),

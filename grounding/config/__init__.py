@@ -101,22 +101,22 @@ class SynthConfig:
     COVID-collection-like (PNG/JPEG, several images per patient over days, severity 0-8).
     """
 
-    seed: int = 0
+    seed: int = 0  # the simulator seed (choose settings on seed 1, report seed 0)
     n_site_a: int = 160  # box-labelled detector-training site (RSNA-like)
     n_site_b: int = 360  # report-only site (MIMIC-like); part of it carries held-out boxes
     n_site_b_boxed: int = 80  # of n_site_b: expert boxes kept for evaluation only
     n_site_c_patients: int = 20  # covid-like site: PNG/JPEG, severity, several images per patient
     site_c_images_min: int = 2  # images per site-C patient, drawn uniformly in [min, max]
-    site_c_images_max: int = 4
+    site_c_images_max: int = 4  # upper end of that range
     site_c_days_max: int = 14  # follow-up images fall on days 1..days_max after the first
     site_c_jpeg_fraction: float = 0.5  # site-C files written as JPEG (the rest PNG)
     site_c_box_fraction: float = 0.5  # site-C images with radiologist boxes in annotations/
     site_a_size: int = 1024  # stored pixels (square)
-    site_b_size: int = 768
+    site_b_size: int = 768  # stored pixels (square)
     site_c_size: int = 512  # width; height varies by up to +15 % as in the real collection
-    site_a_positive_fraction: float = 0.35
-    site_b_positive_fraction: float = 0.6
-    site_b_monochrome1_fraction: float = 0.3
+    site_a_positive_fraction: float = 0.35  # site-A images with pneumonia boxes
+    site_b_positive_fraction: float = 0.6  # site-B studies with pneumonia
+    site_b_monochrome1_fraction: float = 0.3  # site-B files stored MONOCHROME1 (inverted)
     site_b_rle_fraction: float = 0.25  # site-B files stored RLE Lossless (the rest Explicit VR LE)
     site_b_device_fraction: float = 0.5  # support devices / electrodes / markers (distractors)
     site_a_noise: float = 0.015  # relative quantum noise at lung exposure
@@ -124,11 +124,11 @@ class SynthConfig:
     site_a_gamma: float = 1.0  # detector response curve exponent
     site_b_gamma: float = 0.7  # detector response curve exponent of site B (site A: 1.0)
     site_a_blur: float = 0.4  # detector blur (Gaussian sigma, stored pixels)
-    site_b_blur: float = 1.2
+    site_b_blur: float = 1.2  # Gaussian sigma of site B (stored pixels)
     site_a_exposure_jitter: float = 0.1  # per-image log-exposure / window spread
-    site_b_exposure_jitter: float = 0.3
+    site_b_exposure_jitter: float = 0.3  # per-image log-exposure / window spread of site B
     site_a_positioning_jitter: float = 0.03  # shift / rotation / scale spread (fraction of width)
-    site_b_positioning_jitter: float = 0.08
+    site_b_positioning_jitter: float = 0.08  # shift / rotation / scale spread of site B
     site_a_jpeg_quality: int = 90  # JPEG Baseline quality of site-A pixel data
     box_jitter: float = 0.02  # annotator box-edge noise (fraction of box size)
     attribute_omission: float = 0.3  # chance a true attribute is not written in the report
@@ -181,9 +181,9 @@ class DataConfig:
     image_size: int = 192  # prepared images are square, this many pixels (192: detector recipe measured in README)
     max_pixels: int = 8192 * 8192  # header-declared Rows*Columns above this is quarantined unread
     low_percentile: float = 0.5  # fixed VOI policy: percentile window over the body
-    high_percentile: float = 99.5
+    high_percentile: float = 99.5  # upper end of that window
     split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)  # train/val/test by patient
-    split_seed: int = 0
+    split_seed: int = 0  # seed of the patient-level split
     batch_size: int = 32  # rows per Ray Data batch in prepare
     rows_per_shard: int = 256  # prepared Parquet rows per file
     engine: PrepareEngine = PrepareEngine.RAY_DATA  # ray_tasks: less overhead on small nodes (README: Benchmarks)
@@ -208,13 +208,13 @@ class WordVectorConfig:
     """gensim Word2Vec on the report corpus (design.md 1.2); always workers=1, so a seed is exact."""
 
     vector_size: int = 64  # d: dimension of m_j and of phi_i
-    window: int = 5
-    min_count: int = 2
+    window: int = 5  # Word2Vec context window (words each side)
+    min_count: int = 2  # Word2Vec: words seen fewer times are dropped
     # Privacy: a word enters the vocabulary only if at least this many distinct reports use it, so the
     # names, ids and dates of one patient's report never reach word2vec.model (attribute words are kept).
     min_reports: int = 3
-    epochs: int = 30
-    seed: int = 0
+    epochs: int = 30  # Word2Vec passes over the corpus
+    seed: int = 0  # Word2Vec seed (exact: one worker thread)
     skip_gram: bool = True  # skip-gram (True) or CBOW (False); skip-gram suits small corpora
     negative_rule: str = "attributes"  # attributes: nearest other attribute | vocabulary: any word
     batch_size: int = 256  # reports per Ray Data batch when tokenising
@@ -234,7 +234,7 @@ class WordVectorConfig:
 class DetectorConfig:
     """Frozen RetinaNet (torchvision). Boxes are xyxy in pixels of the original image."""
 
-    backbone: Backbone = Backbone.RESNET18
+    backbone: Backbone = Backbone.RESNET18  # resnet18 (CPU default) | resnet50 (the paper)
     fpn_channels: int = 64  # 64: 24 CPU epochs fit the detector budget; 256 = the paper's width
     weights_path: str = ""  # local state_dict file; never downloaded
     weights_sha256: str = ""  # required when weights_path is set
@@ -246,14 +246,15 @@ class DetectorConfig:
     # r_i: tower (the classification tower vector at the anchor's location, fpn_channels wide) |
     # roi_align (FPN P3-P5 RoIAlign 2x2 over the decoded box, 4 * fpn_channels wide)
     roi_features: RoiFeatures = RoiFeatures.TOWER
+    # detections scoring below are dropped (the top box is always kept)
     score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_img: int = 10
+    nms_thresh: float = 0.5  # IoU of the detector's NMS
+    detections_per_img: int = 10  # post-NMS boxes kept per image
     epochs: int = 24  # from scratch on ~150 images: fewer under-fits (see README, detector)
-    batch_size: int = 8
-    lr: float = 1e-3
+    batch_size: int = 8  # images per step per worker
+    lr: float = 1e-3  # peak learning rate
     optimizer: str = "adamw"  # adamw (measured to localise blobs from random init) | sgd (momentum 0.9)
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # optimizer weight decay
     grad_clip: float = 10.0  # max grad norm per step; 0 = off
     trainable_backbone_layers: int = 5  # 0-5 ResNet stages trained (5 = all; from scratch needs all)
     lr_schedule: str = "cosine"  # cosine (linear warmup, then cosine decay per step) | constant
@@ -265,12 +266,12 @@ class DetectorConfig:
     hflip: bool = True  # training augmentation: horizontal flip, boxes mirrored
     scale_jitter: float = 0.15  # training augmentation: zoom in [1-q, 1+q], shift up to q/2 per axis
     photometric: float = 0.2  # training augmentation: gamma/contrast jitter strength (0 = off)
-    seed: int = 0
+    seed: int = 0  # init, order and augmentation seed
     num_workers: int = 1  # Ray Train workers (DDP); 0 = Ray Train local mode (in-process)
-    use_gpu: bool = False
+    use_gpu: bool = False  # one GPU per Train worker (extract-rois uses the cluster's GPUs)
     cpus_per_worker: float = 2.0  # capped at the cluster CPUs / num_workers (CPU runs)
-    max_failures: int = 2
-    checkpoints_to_keep: int = 2
+    max_failures: int = 2  # Ray Train restarts from the last checkpoint (-1 = forever)
+    checkpoints_to_keep: int = 2  # Ray Train checkpoints kept in storage
     extract_batch_size: int = 16  # images per Ray Data batch in extract-rois
     extract_actors: int = 0  # extract-rois actor pool size; 0 = one per GPU, else 1 CPU actor
     # torch threads of a CPU extract-rois actor. It reserves 1 CPU (so Ray Data's read tasks still get
@@ -324,12 +325,13 @@ class ModelConfig:
 
     roi_hidden: int = 128  # hidden width of W1 path (0 = single linear layer)
     geometry_dim: int = 16  # width of Wg g_i and Ws s_i before their layer norms
-    alpha_hidden: int = 64
-    classifier_hidden: tuple[int, ...] = (64,)
+    alpha_hidden: int = 64  # hidden width of the alpha MLP (ROI attention)
+    classifier_hidden: tuple[int, ...] = (64,)  # hidden widths of the attribute classifier MLP
+    # normalisation of R before the softmaxes (SCAN: clipped_l2norm)
     similarity_norm: SimilarityNorm = SimilarityNorm.CLIPPED_L2NORM
     lambda_a: float = 4.0  # softmax temperature over attributes
     lambda_b: float = 9.0  # softmax temperature over ROIs
-    dropout: float = 0.1
+    dropout: float = 0.1  # dropout in the ROI and classifier MLPs
     classifier_input: ClassifierInput = ClassifierInput.POOLED_FEATURES  # per_roi_logits: an extension
     score_prior: bool = False  # extension: alpha's logits + log s_i (the detector score as a prior)
     # Alpha's candidates: ROIs whose box covers at most this fraction of the image (1.0 = every ROI). An
@@ -350,15 +352,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """The losses (design.md 1.5): triplet over both directions, attribute BCE."""
+
     beta: float = 0.8  # triplet margin
     use_classification: bool = True  # False = the paper's "without classification" ablation
-    bce_weight: float = 1.0
+    bce_weight: float = 1.0  # weight of the attribute BCE beside the triplet loss
     negative_rois: NegativeRois = NegativeRois.OTHER_STUDY  # I_n of the ROI-side term (README "Localization")
     # Extension (not the paper; 0 = off): weight of KL(q || alpha), q = softmax over alpha's candidates of
     # alpha_distill_temperature * R_roi computed with the study's own report (detached). Alpha, which sees
     # only the image, learns to predict which ROIs the report describes (self-distillation).
     alpha_distill: float = 0.0
-    alpha_distill_temperature: float = 9.0
+    alpha_distill_temperature: float = 9.0  # the temperature of q above
 
     def validate(self, prefix: str) -> None:
         _check(0.0 <= self.beta <= 4.0, f"{prefix}.beta", "must be in [0, 4]")
@@ -370,14 +374,16 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    max_epochs: int = 40
+    """AdamW and early stopping of the grounding model."""
+
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    batch_size: int = 32  # studies per step per worker
+    max_epochs: int = 40  # cap; early stopping usually ends sooner
     early_stop_patience: int = 10  # epochs
     early_stop_min_rel_change: float = 0.001  # paper: < 0.1 % change in 10 epochs
-    grad_clip: float = 2.0
-    seed: int = 0
+    grad_clip: float = 2.0  # max gradient norm per step (0 = off)
+    seed: int = 0  # init and shuffle seed (per worker: seed + rank)
 
     def validate(self, prefix: str) -> None:
         _check(0.0 < self.lr <= 1.0, f"{prefix}.lr", "must be in (0, 1]")
@@ -393,12 +399,13 @@ class OptimConfig:
 class TrainConfig:
     """Ray Train scaling, storage and resume for the grounding model."""
 
+    # cache: read the ROI cache | streaming: run the detector in the workers
     mode: TrainMode = TrainMode.CACHE
     num_workers: int = 1  # 0 = Ray Train local mode (in-process)
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    max_failures: int = 2
-    checkpoints_to_keep: int = 2
+    use_gpu: bool = False  # one GPU per Train worker
+    cpus_per_worker: float = 1.0  # CPUs reserved per Train worker
+    max_failures: int = 2  # Ray Train restarts from the last checkpoint (-1 = forever)
+    checkpoints_to_keep: int = 2  # Ray Train checkpoints kept in storage
     # a checkpoint every k epochs, plus the last (best weights ride in every one); a crash redoes <= k
     # epochs. Also used by train-detector.
     checkpoint_every: int = 10
@@ -425,10 +432,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    iou_thresholds: tuple[float, ...] = (0.25, 0.5, 0.75)
-    bootstrap_samples: int = 1000
-    folds: int = 5
-    seed: int = 0
+    """Table 1, bootstrap CIs, severity folds and the CAM baseline."""
+
+    iou_thresholds: tuple[float, ...] = (0.25, 0.5, 0.75)  # Table 1 columns: top-1 hit at IoU >= t
+    bootstrap_samples: int = 1000  # resamples of the bootstrap CIs (0 = no CIs)
+    folds: int = 5  # severity-cv folds (by patient)
+    seed: int = 0  # bootstrap and fold seed
     confidence: float = 0.95  # bootstrap CI level (grounding.evaluation.bootstrap)
     cam_threshold: float = 0.5  # CAM/Grad-CAM box: pixels >= cam_threshold * max (grounding.detection.cam)
     cam_epochs: int = 5  # CAM classifier epochs over the grounding training images (grounding.detection.cam_train)
@@ -451,7 +460,7 @@ class EvalConfig:
 class RunConfig:
     """Where a run lives. Paths are local directories or pyarrow URIs (s3://, gs://)."""
 
-    work_dir: str = "runs/default"
+    work_dir: str = "runs/default"  # run folder: every stage writes its sub-folder here
     run_id: str = ""  # fixed id = resumable; empty = a fresh timestamped id (local runs only)
     storage_path: str = ""  # Ray Train/Tune storage; empty = <work_dir>/ray_storage
 
@@ -469,7 +478,7 @@ class RunConfig:
 class DetectorData:
     """Box-labelled images that train the detector (the RSNA challenge layout)."""
 
-    adapter: str = "rsna"
+    adapter: str = "rsna"  # rsna
     root: str = ""  # empty = the role is not set (synthetic default)
 
     def validate(self, prefix: str) -> None:
@@ -480,8 +489,8 @@ class DetectorData:
 class GroundingData:
     """Images with reports that train the grounding model (MIMIC-CXR, DICOM or JPG tree)."""
 
-    adapter: str = "mimic"
-    root: str = ""
+    adapter: str = "mimic"  # mimic
+    root: str = ""  # MIMIC-CXR tree (empty = synthetic)
 
     def validate(self, prefix: str) -> None:
         _check(self.adapter == "mimic", f"{prefix}.adapter", "must be mimic")
@@ -492,7 +501,7 @@ class EvaluationData:
     """Held-out expert boxes for Table 1: ChestX-ray8, or MIMIC images with an MS-CXR-style box table."""
 
     adapter: str = "chestxray8"  # chestxray8 | mimic
-    root: str = ""
+    root: str = ""  # dataset root (empty = synthetic)
     boxes: str = ""  # mimic only: CSV with dicom_id, x, y, w, h (+ category_name); images listed become eval
 
     def validate(self, prefix: str) -> None:
@@ -505,10 +514,10 @@ class EvaluationData:
 class SeverityData:
     """Images with a severity score (COVID-19 collection + any ``filename, score`` table): Table 2."""
 
-    adapter: str = "covid"
-    root: str = ""
+    adapter: str = "covid"  # covid
+    root: str = ""  # COVID-19 collection root (empty = synthetic)
     table: str = ""  # CSV with a filename column and the score column
-    column: str = "score"
+    column: str = "score"  # the score column of that table
     scale: float = 8.0  # the score's maximum (geographic extent 8, Brixia S-Global 18)
 
     def validate(self, prefix: str) -> None:
@@ -522,8 +531,8 @@ class SeverityData:
 class ExtraCorpusData:
     """More report text for the word vectors only (Indiana ``NLMCXR_reports.tgz`` or a folder of XML)."""
 
-    adapter: str = "indiana"
-    root: str = ""
+    adapter: str = "indiana"  # indiana
+    root: str = ""  # NLMCXR_reports.tgz or a folder of XML (empty = none)
     split: str = "even"  # even (the development ids) | all; odd ids are kept for scoring the extractor
 
     def validate(self, prefix: str) -> None:
