@@ -6,20 +6,22 @@
   difference is > 0 -- the evidence for a "proposed > baseline" claim.
 * ``localization_cis``: Table 1 cells (hit@t for several t) with CIs, one shared resample set.
 
-Resampling is images with replacement, ``n_resamples`` times; the CI is the
-``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the resampled means
-(``numpy.percentile``, linear interpolation). NaN values are dropped first and counted
-(``n_dropped``). Resample indices are drawn in chunks to bound memory at about
-``chunk_elements`` indices; the chunking does not change the result for a given seed.
+Resampling is images with replacement, ``n_resamples`` times, by ``scipy.stats.bootstrap``
+(``method="percentile"``): the CI is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
+percentiles of the resampled means. NaN values are dropped first and counted (``n_dropped``).
+scipy draws the indices in batches to bound memory at about ``chunk_elements`` indices; the batch
+size does not change the result for a given seed.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
 from grounding.evaluation import metrics as box_metrics
 
@@ -59,36 +61,36 @@ def _check(n_resamples: int, confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
-def resampled_means(values: np.ndarray, n_resamples: int, seed: int,
-                    chunk_elements: int = 4_000_000) -> np.ndarray:
-    """Means of ``n_resamples`` bootstrap resamples of the rows of ``values``.
+def _column_means(x: np.ndarray, axis: int) -> np.ndarray:
+    return x.mean(axis=axis)
+
+
+def resampled_means(values: np.ndarray, n_resamples: int, seed: int, confidence: float = DEFAULT_CONFIDENCE,
+                    chunk_elements: int = 4_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``scipy.stats.bootstrap`` (percentile) of the mean of the rows of ``values``.
 
     Args:
         values: (n,) or (n, m) float; columns are resampled together (same image indices).
         n_resamples: B.
         seed: ``numpy.random.default_rng`` seed.
+        chunk_elements: about this many resampled indices in memory at once (scipy's ``batch``).
 
     Returns:
-        (B,) or (B, m) means.
+        ``(means, low, high)``: (B,) or (B, m) resampled means and the CI bounds, () or (m,).
     """
     v = np.asarray(values, dtype=np.float64)
     n = v.shape[0]
     if n == 0:
         raise ValueError("cannot bootstrap an empty sample")
-    rng = np.random.default_rng(seed)
-    rows_per_chunk = max(1, chunk_elements // n)
-    out = []
-    for start in range(0, n_resamples, rows_per_chunk):
-        b = min(rows_per_chunk, n_resamples - start)
-        idx = rng.integers(0, n, size=(b, n))  # (b, n) image indices, one row per resample
-        out.append(v[idx].mean(axis=1))
-    return np.concatenate(out, axis=0)
-
-
-def _percentiles(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.percentile(samples, [100 * alpha, 100 * (1 - alpha)], axis=0)
-    return lo, hi
+    if n == 1:  # scipy needs two observations; every resample of one image is that image
+        return np.repeat(v[None], n_resamples, axis=0), v[0], v[0]
+    with warnings.catch_warnings():
+        if n_resamples < 2:  # scipy's standard error (ddof=1) of one resample warns; it is not used here
+            warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.bootstrap((v,), _column_means, n_resamples=n_resamples, confidence_level=confidence,
+                              method="percentile", vectorized=True, axis=0, batch=max(1, chunk_elements // n),
+                              rng=np.random.default_rng(seed))
+    return np.moveaxis(res.bootstrap_distribution, -1, 0), res.confidence_interval.low, res.confidence_interval.high
 
 
 def bootstrap_ci(values: Sequence[float] | np.ndarray, n_resamples: int = DEFAULT_RESAMPLES,
@@ -108,7 +110,7 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_resamples: int = DEFAUL
     dropped = int((~ok).sum())
     if len(v) == 0:
         return Interval(math.nan, math.nan, math.nan, 0, dropped, n_resamples, confidence)
-    lo, hi = _percentiles(resampled_means(v, n_resamples, seed), confidence)
+    _, lo, hi = resampled_means(v, n_resamples, seed, confidence)
     return Interval(float(v.mean()), float(lo), float(hi), len(v), dropped, n_resamples, confidence)
 
 
@@ -136,8 +138,7 @@ def paired_bootstrap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nd
     dropped = int((~ok).sum())
     if len(x) == 0:
         return PairedInterval(math.nan, math.nan, math.nan, 0, dropped, n_resamples, confidence)
-    diffs = resampled_means(x - y, n_resamples, seed)  # mean of differences == difference of means
-    lo, hi = _percentiles(diffs, confidence)
+    diffs, lo, hi = resampled_means(x - y, n_resamples, seed, confidence)  # mean of diffs == diff of means
     return PairedInterval(float(x.mean() - y.mean()), float(lo), float(hi), len(x), dropped, n_resamples,
                           confidence, fraction_positive=float((diffs > 0).mean()),
                           mean_a=float(x.mean()), mean_b=float(y.mean()))
@@ -176,7 +177,7 @@ def localization_cis(pred_boxes: Sequence[np.ndarray], gt_boxes: Sequence[np.nda
     if len(ious) == 0:
         nan = Interval(math.nan, math.nan, math.nan, 0, 0, n_resamples, confidence).to_dict()
         return {name: dict(nan) for name in names}
-    lo, hi = _percentiles(resampled_means(hits, n_resamples, seed), confidence)
+    _, lo, hi = resampled_means(hits, n_resamples, seed, confidence)
     est = hits.mean(axis=0)
     return {name: Interval(float(est[j]), float(lo[j]), float(hi[j]), len(ious), 0, n_resamples,
                            confidence).to_dict() for j, name in enumerate(names)}
