@@ -84,12 +84,12 @@ def entropy_ratio(alpha: np.ndarray) -> float:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
-    from scipy.stats import rankdata
+    from scipy.stats import spearmanr
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:  # scipy would warn and return NaN
         return math.nan
-    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+    return float(spearmanr(x, y).statistic)
 
 
 def _area(b: np.ndarray) -> np.ndarray:

@@ -125,11 +125,10 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     if len(x) == 0:
         raise ValueError("cannot fit a line to 0 points")
     xc = x - x.mean()
-    sxx = float(xc @ xc)
-    if sxx <= 1e-24 * max(1, len(x)):
+    if float(xc @ xc) <= 1e-24 * max(1, len(x)):  # scipy refuses a constant x
         return 0.0, float(y.mean())
-    slope = float(xc @ (y - y.mean()) / sxx)
-    return slope, float(y.mean() - slope * x.mean())
+    fit = stats.linregress(x, y)
+    return float(fit.slope), float(fit.intercept)
 
 
 def _constant(v: np.ndarray) -> bool:
