@@ -3,6 +3,8 @@
 
     .venv/bin/python scripts/localization_ablation.py --work-dir runs/claim-dev            # every variant
     .venv/bin/python scripts/localization_ablation.py --work-dir runs/claim --variants paper,no_cls
+    .venv/bin/python scripts/localization_ablation.py --work-dir runs/claim-dev --variants adopted,adopted_s_roi_alpha \
+        --seeds 0,1,2 --reference adopted      # one run per optim.seed; seeds.md: mean +/- sd across seeds
 
 ``--work-dir`` is a finished ``grounding pipeline`` run (prepared, detector, word_vectors, config.yaml).
 Writes ``<work-dir>/ablation/ablation.json`` and ``ablation.md``. Choose on a development seed
@@ -12,10 +14,11 @@ Writes ``<work-dir>/ablation/ablation.json`` and ``ablation.md``. Choose on a de
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from grounding.evaluation.ablation import Variant, run_ablation
+from grounding.evaluation.ablation import Variant, run_ablation, seed_markdown, seed_table
 
 # Every variant names the two adopted choices explicitly, so a row means the same on any run's config.
 # Round 1: one change at a time against the paper's original reading (lowest-scored negatives, every ROI a
@@ -64,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                    + ", ".join(v.name for v in VARIANTS))
     p.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value for every variant")
     p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--seeds", default="", help="comma-separated optim.seed values: one run each, in "
+                   "<out>/seed-<s>, sharing <out>/pools; writes <out>/seeds.{json,md}")
+    p.add_argument("--reference", default="", help="--seeds: the variant the others are compared with, seed by seed")
     args = p.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
     unknown = sorted(set(names) - {v.name for v in VARIANTS})
@@ -77,7 +83,18 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     chosen = [v for v in VARIANTS if not names or v.name in names]
-    run_ablation(args.work_dir, chosen, args.out or f"{args.work_dir}/ablation", args.overrides, args.resamples)
+    out = args.out or f"{args.work_dir}/ablation"
+    if not args.seeds:
+        run_ablation(args.work_dir, chosen, out, args.overrides, args.resamples)
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    by_seed = {s: run_ablation(args.work_dir, chosen, f"{out}/seed-{s}", [*args.overrides, f"optim.seed={s}"],
+                               args.resamples, pools_dir=f"{out}/pools") for s in seeds}
+    rows = seed_table(by_seed, args.reference)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    Path(out, "seeds.json").write_text(json.dumps(rows, indent=1))
+    Path(out, "seeds.md").write_text(seed_markdown(rows, args.reference))
+    print(seed_markdown(rows, args.reference))
     return 0
 
 

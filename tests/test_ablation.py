@@ -32,3 +32,26 @@ def test_evaluate_variant_picks_by_alpha_and_pairs_with_the_detector(tmp_path):
 def test_pool_key_names_the_pool():
     cfg = GroundingConfig().with_overrides({"detector.roi_pool": "per_location", "detector.num_rois": 100})
     assert pool_key(cfg) == "per_location-tower-100" and pool_key(GroundingConfig()) == "top_anchors-tower-32"
+
+
+def _row(variant: str, hit50: float, widen: float, retina: float = 0.4, paper: bool = True) -> dict:
+    return {"variant": variant, "paper": paper, "hits": {"hit_iou50": {"estimate": hit50}},
+            "retinanet": {"hit_iou50": {"estimate": retina}},
+            "diagnostics": {"methods": {"proposed": {"weighted_minus_pool_mean": {"estimate": widen}}}}}
+
+
+def test_seed_table_pairs_variants_by_seed_and_skips_incomplete_ones():
+    from grounding.evaluation.ablation import seed_markdown, seed_table
+
+    by_seed = {0: [_row("adopted", 0.30, 0.01), _row("ext", 0.40, 0.03, paper=False), _row("only0", 0.9, 0.1)],
+               1: [_row("adopted", 0.20, 0.02), _row("ext", 0.26, 0.05, paper=False)],
+               2: [_row("adopted", 0.25, 0.00), _row("ext", 0.25, 0.04, paper=False)]}
+    rows = {r["variant"]: r for r in seed_table(by_seed, reference="adopted")}
+    assert set(rows) == {"adopted", "ext"}  # only0 did not run on every seed
+    assert rows["adopted"]["hit_iou50_mean_sd"] == pytest.approx((0.25, 0.05))
+    assert rows["ext"]["minus_reference"] == pytest.approx([0.10, 0.06, 0.0])
+    assert rows["ext"]["minus_reference_mean_sd"][0] == pytest.approx(0.16 / 3)
+    assert rows["ext"]["weighted_minus_pool_mean_sd"] == pytest.approx((0.04, 0.01))
+    assert "minus_reference" not in rows["adopted"]
+    text = seed_markdown(list(rows.values()), "adopted")
+    assert "| ext | extension | 40.0 / 26.0 / 25.0 | 30.3 +/- 8.4 | +5.3 +/- 5.0 |" in text

@@ -134,8 +134,12 @@ def evaluate_variant(model: torch.nn.Module, table: pa.Table, n_resamples: int, 
 
 
 def run_ablation(work_dir: str, variants: Sequence[Variant], out: str, base_overrides: Sequence[str] = (),
-                 n_resamples: int = 1000, log=print) -> list[dict]:
-    """Every variant on ``work_dir`` (a pipeline run with prepared, detector, word_vectors, config.yaml)."""
+                 n_resamples: int = 1000, log=print, pools_dir: str = "") -> list[dict]:
+    """Every variant on ``work_dir`` (a pipeline run with prepared, detector, word_vectors, config.yaml).
+
+    ``pools_dir`` (default ``<out>/pools``) holds the extracted ROI pools; runs over several training
+    seeds share one, since the pool depends on the frozen detector only.
+    """
     from grounding.text.word_vectors import load_attribute_vectors
 
     work = Path(work_dir)
@@ -158,7 +162,7 @@ def run_ablation(work_dir: str, variants: Sequence[Variant], out: str, base_over
             table = read_roi_cache(str(work / "rois"))  # the pipeline's own cache has this pool
         else:
             table = read_roi_cache(extract_pool(cfg, str(work / "prepared"), str(work / "detector" / "detector.pt"),
-                                                str(Path(out) / "pools" / key)))
+                                                str(Path(pools_dir or Path(out) / "pools") / key)))
         model, history = train_plain(cfg, table, vectors, log)
         row = {"variant": v.name, "paper": v.paper, "note": v.note, "overrides": {k: str(x) for k, x in v.overrides.items()},
                "pool": key, "epochs": len(history),
@@ -169,6 +173,63 @@ def run_ablation(work_dir: str, variants: Sequence[Variant], out: str, base_over
         storage.atomic_write_text(str(saved), json.dumps(results + list(done.values()), indent=1, default=str))
     storage.atomic_write_text(str(Path(out) / "ablation.md"), markdown_table(results))
     return results
+
+
+def seed_table(by_seed: Mapping[int, Sequence[Mapping]], reference: str = "") -> list[dict]:
+    """Across training seeds (one ablation run per ``optim.seed``): per variant, hit@0.5 and alpha's
+    weighted IoU minus the pool mean per seed, their mean and sample sd, and, with ``reference``, the
+    mean and sd of the per-seed difference to that variant (paired by seed).
+
+    Only variants present for every seed are summarised (a row never mixes seed sets).
+    """
+    seeds = sorted(by_seed)
+    rows_by_seed = {s: {r["variant"]: r for r in by_seed[s]} for s in seeds}
+    names = [r["variant"] for r in by_seed[seeds[0]]] if seeds else []
+    names = [n for n in names if all(n in rows_by_seed[s] for s in seeds)]
+
+    def hit50(row: Mapping) -> float:
+        return float(row["hits"]["hit_iou50"]["estimate"])
+
+    def widen(row: Mapping) -> float:
+        return float(row["diagnostics"]["methods"]["proposed"]["weighted_minus_pool_mean"]["estimate"])
+
+    def stats(values: Sequence[float]) -> tuple[float, float]:
+        v = np.asarray(values, dtype=np.float64)
+        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
+
+    out = []
+    for name in names:
+        rows = [rows_by_seed[s][name] for s in seeds]
+        hits, widths = [hit50(r) for r in rows], [widen(r) for r in rows]
+        row = {"variant": name, "paper": rows[0]["paper"], "seeds": seeds, "hit_iou50": hits,
+               "hit_iou50_mean_sd": stats(hits), "weighted_minus_pool": widths,
+               "weighted_minus_pool_mean_sd": stats(widths),
+               "retinanet_hit_iou50": hit50({"hits": rows[0]["retinanet"]})}
+        if reference and name != reference and reference in names:
+            diffs = [h - hit50(rows_by_seed[s][reference]) for h, s in zip(hits, seeds)]
+            row["minus_reference"] = diffs
+            row["minus_reference_mean_sd"] = stats(diffs)
+        out.append(row)
+    return out
+
+
+def seed_markdown(rows: Sequence[Mapping], reference: str = "") -> str:
+    if not rows:
+        return "no variant ran on every seed\n"
+    seeds = rows[0]["seeds"]
+    head = (f"| variant | paper's model | IoU>=0.5 per seed ({', '.join(map(str, seeds))}) | mean +/- sd | "
+            f"minus {reference or '-'} (mean +/- sd) | alpha-weighted IoU - pool mean, mean +/- sd |")
+    lines = [head, "|" + " --- |" * 6]
+    for r in rows:
+        m, sd = r["hit_iou50_mean_sd"]
+        wm, wsd = r["weighted_minus_pool_mean_sd"]
+        ref = (f"{100 * r['minus_reference_mean_sd'][0]:+.1f} +/- {100 * r['minus_reference_mean_sd'][1]:.1f}"
+               if "minus_reference" in r else "-")
+        lines.append(f"| {r['variant']} | {'yes' if r['paper'] else 'extension'} | "
+                     f"{' / '.join(f'{100 * h:.1f}' for h in r['hit_iou50'])} | {100 * m:.1f} +/- {100 * sd:.1f} | "
+                     f"{ref} | {wm:+.3f} +/- {wsd:.3f} |")
+    lines += ["", f"RetinaNet top-1 at IoU>=0.5 on the same images: {100 * rows[0]['retinanet_hit_iou50']:.1f} %."]
+    return "\n".join(lines) + "\n"
 
 
 def _pct(cell: Mapping) -> str:
@@ -215,4 +276,5 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Variant", "evaluate_variant", "extract_pool", "markdown_table", "run_ablation", "train_plain"]
+__all__ = ["Variant", "evaluate_variant", "extract_pool", "markdown_table", "run_ablation", "seed_markdown",
+           "seed_table", "train_plain"]
