@@ -23,8 +23,10 @@ from grounding.evaluation.ablation import Variant, run_ablation, seed_markdown, 
 # Every variant names the two adopted choices explicitly, so a row means the same on any run's config.
 # Round 1: one change at a time against the paper's original reading (lowest-scored negatives, every ROI a
 # candidate). Round 2: one change at a time against the adopted defaults. paper=False: an extension.
-ORIGINAL = {"loss.negative_rois": "lowest_scored", "model.max_roi_area": 1.0}
-ADOPTED = {"loss.negative_rois": "other_study", "model.max_roi_area": 0.2}
+# S_roi pooling is named too since the default became the alpha extension (2026-12-03): "adopted" stays
+# the paper's equations with the two adopted choices, "adopted_s_roi_alpha" is today's default.
+ORIGINAL = {"loss.negative_rois": "lowest_scored", "model.max_roi_area": 1.0, "model.s_roi_pooling": "mean"}
+ADOPTED = {"loss.negative_rois": "other_study", "model.max_roi_area": 0.2, "model.s_roi_pooling": "mean"}
 VARIANTS = [
     Variant("paper", ORIGINAL, note="top-32 anchors, tower features, lowest-scored negatives, <= 40 epochs"),
     Variant("per_roi_logits", {**ORIGINAL, "model.classifier_input": "per_roi_logits"}, paper=False,
@@ -35,7 +37,7 @@ VARIANTS = [
     # 0.2 = the 95th percentile of the box-labelled site A's expert box areas (training data, not held out)
     Variant("max_roi_area_0.2", {**ORIGINAL, "model.max_roi_area": 0.2},
             note="alpha's candidates: boxes <= 20 % of the image"),
-    Variant("adopted", ADOPTED, note="other_study negatives + max_roi_area 0.2 (today's defaults)"),
+    Variant("adopted", ADOPTED, note="other_study negatives + max_roi_area 0.2 (the paper's equations)"),
     Variant("no_cls", {**ORIGINAL, "loss.use_classification": False}, note="the paper's 'without classification'"),
     Variant("lr_3e-3", {**ORIGINAL, "optim.lr": 3e-3}),
     # round 2
@@ -53,7 +55,7 @@ VARIANTS = [
     Variant("adopted_score_prior", {**ADOPTED, "model.score_prior": True}, paper=False,
             note="log s_i added to alpha's logits"),
     Variant("adopted_s_roi_alpha", {**ADOPTED, "model.s_roi_pooling": "alpha"}, paper=False,
-            note="S_roi = sum_i alpha_i R_roi_i: the ROI-side triplet term trains alpha"),
+            note="S_roi = sum_i alpha_i R_roi_i: the ROI-side triplet term trains alpha (today's default)"),
     Variant("adopted_alpha_distill", {**ADOPTED, "loss.alpha_distill": 1.0}, paper=False,
             note="+ KL(softmax(9 R_roi) || alpha): alpha learns the report-conditioned ranking"),
 ]

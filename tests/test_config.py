@@ -55,8 +55,13 @@ def test_claim_profile_is_sized_to_decide_the_papers_claim():
 def test_paper_extensions_name_only_the_non_paper_switches():
     from grounding.config import GroundingConfig, paper_extensions
 
-    assert paper_extensions(GroundingConfig()) == []
-    open_choices = GroundingConfig().with_overrides({"loss.negative_rois": "other_study", "detector.num_rois": 100})
+    from grounding.config import load_config
+
+    # the default adopts one extension since 2026-12-03 (README "Localization"); the paper profile none
+    assert paper_extensions(GroundingConfig()) == ["model.s_roi_pooling=alpha"]
+    assert paper_extensions(load_config("paper")) == []
+    paper = GroundingConfig().with_overrides({"model.s_roi_pooling": "mean"})
+    open_choices = paper.with_overrides({"loss.negative_rois": "other_study", "detector.num_rois": 100})
     assert paper_extensions(open_choices) == []  # choices the paper leaves open are not extensions
-    ext = GroundingConfig().with_overrides({"model.classifier_input": "per_roi_logits", "model.score_prior": True})
+    ext = paper.with_overrides({"model.classifier_input": "per_roi_logits", "model.score_prior": True})
     assert paper_extensions(ext) == ["model.classifier_input=per_roi_logits", "model.score_prior=true"]
