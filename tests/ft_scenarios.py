@@ -10,6 +10,9 @@ thread kills something once
 ``min_epochs`` epochs are in ``metrics.jsonl`` (i.e. mid-way through the next epoch):
 
 * ``worker-kill``: SIGKILL the RayTrainWorker process (single node).
+* ``ddp-worker-kill``: two DDP workers (``train.num_workers=2``); first an unbroken reference run,
+  then the same run again with one of the two workers SIGKILLed (rank 0 or 1, whichever is found
+  first); ``weights_max_abs_diff`` compares the two final models.
 * ``node-kill``: ``ray.cluster_utils.Cluster`` (head ``num_cpus=0`` + one 1-CPU worker node);
   ``remove_node(allow_graceful=False)`` on the node hosting the worker, then ``add_node`` a new one.
 
@@ -65,17 +68,24 @@ def raylets_under(temp_dir: str) -> dict[int, str]:
     return out
 
 
-def _cfg(work: Path, max_epochs: int):
+def _cfg(work: Path, max_epochs: int, workers: int = 1):
     from grounding.config import GroundingConfig
 
     return GroundingConfig().with_overrides({
-        "run.work_dir": str(work), "train.num_workers": 1, "train.cpus_per_worker": 1.0,
+        "run.work_dir": str(work), "train.num_workers": workers, "train.cpus_per_worker": 1.0 if workers == 1 else 0.9,
         "train.max_failures": 2, "train.checkpoints_to_keep": 2, "train.tensorboard": False,
         "train.checkpoint_every": 1,  # these scenarios are about per-epoch resume
         "optim.max_epochs": max_epochs, "optim.early_stop_patience": 100, "optim.batch_size": 32,
         "model.roi_hidden": 16, "model.alpha_hidden": 8, "model.classifier_hidden": [16],
         "model.geometry_dim": 4,
     })
+
+
+def _max_abs_diff(model_a: str, model_b: str) -> float:
+    from grounding.model.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(model_a)["model"], load_checkpoint(model_b)["model"]
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
 def _watch_and_kill(run_dir: Path, min_epochs: int, kill, info: dict, deadline_s: float = 300) -> None:
@@ -106,19 +116,29 @@ def main(scenario: str, out_dir: str) -> int:
     rois = out / "rois.parquet"
     write_table(synthetic_roi_table(int(os.environ.get("FT_ROWS", "1500")), feature_dim=12), str(rois))
     max_epochs = int(os.environ.get("FT_EPOCHS", "6"))
-    cfg = _cfg(out / "work", max_epochs)
+    cfg = _cfg(out / "work", max_epochs, workers=2 if scenario == "ddp-worker-kill" else 1)
     run_id = f"ft-{scenario}"
     run_dir = out / "work" / "train" / run_id
     info: dict = {"scenario": scenario, "max_epochs": max_epochs}
     cluster = None
     try:
-        if scenario == "worker-kill":
+        if scenario in ("worker-kill", "ddp-worker-kill"):
             ctx = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
             # Ray Train's placement-group cleaner looks the cluster up by address (several Rays run here)
             os.environ["RAY_ADDRESS"] = ctx.address_info["address"]
+            if scenario == "ddp-worker-kill":
+                reference = run_training(cfg, str(rois), synthetic_vectors(8), run_id=f"{run_id}-reference")
+                info["reference"] = {"error": reference.error, "model_path": reference.model_path,
+                                     "epochs": [h["epoch"] for h in reference.history]}
+                if os.environ.get("FT_SECOND_REFERENCE") == "1":  # is an unbroken 2-worker run itself repeatable?
+                    again = run_training(cfg, str(rois), synthetic_vectors(8), run_id=f"{run_id}-reference-2")
+                    info["reference_pair_max_abs_diff"] = _max_abs_diff(again.model_path, reference.model_path)
 
             def kill(i: dict) -> None:
                 workers = train_workers(set(raylets_under(temp_dir)))
+                if scenario == "ddp-worker-kill":
+                    i["workers_seen"] = len(workers)
+                    workers = workers[:1]  # one rank of two: its peer must notice and the group restart
                 i["killed_pids"] = [w.pid for w in workers]
                 for w in workers:
                     os.kill(w.pid, signal.SIGKILL)
@@ -166,6 +186,8 @@ def main(scenario: str, out_dir: str) -> int:
         if trainer.is_alive():
             info["error"] = "fit() did not return in time"
         info["workers_after"] = [w.pid for w in train_workers(set(raylets_under(temp_dir)))]
+        if scenario == "ddp-worker-kill" and done.get("model_path") and info["reference"]["model_path"]:
+            info["weights_max_abs_diff"] = _max_abs_diff(done["model_path"], info["reference"]["model_path"])
     except Exception:  # noqa: BLE001
         info["error"] = traceback.format_exc()
     finally:

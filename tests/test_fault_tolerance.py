@@ -103,6 +103,22 @@ def test_losing_the_worker_node_resumes_on_a_new_node(tmp_path):
     assert_resumed_after_kill(info)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_sigkill_of_one_ddp_worker_resumes_both_and_ends_with_the_unbroken_runs_weights(tmp_path):
+    """Issue 17.1: two DDP workers, one SIGKILLed mid-epoch; an unbroken run with the same seed is the reference."""
+    info = run_scenario("ddp-worker-kill", tmp_path, timeout_s=840)
+    assert info["reference"]["error"] is None and info["reference"]["epochs"] == list(range(info["max_epochs"]))
+    assert info["workers_seen"] == 2 and len(info["killed_pids"]) == 1
+    assert_resumed_after_kill(info)
+    metric_lines = (tmp_path / "work" / "train" / "ft-ddp-worker-kill" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metric_lines] == list(range(info["max_epochs"]))  # no duplicate
+    # model, optimizer, RNG and shuffle order are restored from the checkpoint, and gloo's 2-rank all-reduce
+    # is deterministic on CPU: the resumed run ends where the unbroken one did
+    assert info["weights_max_abs_diff"] == 0.0
+
+
 # -- NaN / Inf losses (reliability.md C1) ------------------------------------------------------------
 def _finite(obj) -> bool:
     if isinstance(obj, torch.Tensor):

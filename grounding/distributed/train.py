@@ -40,7 +40,7 @@ import torch
 from grounding.model import engine
 from grounding.model.batching import GROUNDING_PURPOSE, TRAIN_COLUMNS, InMemoryShard, collate_iter, select_rows
 from grounding.model.checkpoint import (
-    CheckpointError, capture_rng, checkpoint_due, export_model, load_checkpoint, restore_rng, save_checkpoint,
+    CheckpointError, capture_rng, checkpoint_due, export_model, load_checkpoint, save_checkpoint,
 )
 from grounding.config import GroundingConfig, RoiFeatures, RoiPool, TrainMode
 from grounding.model.grounding_model import build_model
@@ -162,8 +162,7 @@ def train_fn_per_worker(config: dict) -> None:
         best_state = state.get("best_model")
         finite = [h[engine.VAL_LOSS] for h in history if math.isfinite(h[engine.VAL_LOSS])]
         best_loss = min(finite) if finite else math.inf
-        if world == 1:  # per-rank RNG streams only match on the same world size
-            restore_rng(state["rng"])
+        # no RNG state to restore: every epoch reseeds from (seed, epoch, rank) (engine.seed_epoch)
     start_epoch = len(history)
     if rank == 0 and state is not None:
         print(f"[grounding.train] resuming run {config['run_id']} at epoch {start_epoch}", flush=True)
@@ -190,6 +189,7 @@ def train_fn_per_worker(config: dict) -> None:
                 print(f"[grounding.train] early stopping after epoch {epoch - 1}", flush=True)
             break
         epoch_start = time.time()
+        engine.seed_epoch(cfg.optim.seed, epoch, rank)  # dropout: the same masks after a resume
         epoch_seed = cfg.optim.seed + 1000 * epoch + rank if shuffle else None
         if in_memory:
             train_batches = train_rows.batches(bs, epoch_seed)

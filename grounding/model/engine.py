@@ -253,6 +253,20 @@ def should_stop(val_losses: Sequence[float], patience: int, min_rel_change: floa
     return (before - recent) < min_rel_change * max(abs(before), 1e-12)
 
 
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed torch, numpy and ``random`` from (seed, epoch, rank) at the start of an epoch.
+
+    A run resumed from a checkpoint then draws the same dropout masks as an unbroken run, on any rank:
+    nothing about the RNG has to survive in the checkpoint, whatever the world size.
+    """
+    import random
+
+    value = (seed * 1_000_003 + epoch * 1009 + rank) % 2**32
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+
+
 def epoch_metrics(epoch: int, train: EpochStats, val: EvalStats) -> dict[str, float]:
     """The flat per-epoch metrics dict (see the constants above)."""
     return {
