@@ -198,14 +198,14 @@ def test_hyperopt_runs_when_installed_else_the_documented_random_fallback(monkey
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_raising_trial_is_retried_then_ends_error_while_the_others_finish(tmp_path):
-    """Issue 17.2: max_failures=1, trial _00001 raises on every attempt (tests/tune_scenarios.py)."""
+    """Issue 17.2: max_failures=1, the first trial to start raises on every attempt (tests/tune_scenarios.py)."""
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "tune_scenarios.py"), "raising-trial", str(tmp_path)],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     rows = {r["trial_id"]: r for r in result["rows"]}
-    failed = [t for t in rows if t.endswith("_00001")]
-    assert len(rows) == 3 and len(failed) == 1
+    failed = [(tmp_path / "work" / "tune" / "raising" / "failing_trial.txt").read_text()]
+    assert len(rows) == 3 and failed[0] in rows
     bad = rows[failed[0]]
     assert bad["status"] == "ERROR" and "injected failure" in bad["error"]
     assert _attempts(tmp_path / "work", "raising", failed[0]) == 2  # the first try + max_failures=1 retry
@@ -219,3 +219,16 @@ def test_a_raising_trial_is_retried_then_ends_error_while_the_others_finish(tmp_
         assert result["searcher"] == "BasicVariantGenerator"
     else:
         assert result["searcher"] == "HyperOptSearch"
+
+
+def test_the_results_table_names_what_a_trial_raised_not_the_traceback_head():
+    from ray.exceptions import RayTaskError
+
+    from grounding.distributed.tune import _error_text
+
+    try:
+        raise RuntimeError("injected failure in trial abc")
+    except RuntimeError as err:
+        wrapped = RayTaskError("ImplicitFunc.train", "Traceback (most recent call last):\n  File ...\n" * 20, err)
+    assert _error_text(wrapped) == "RuntimeError: injected failure in trial abc"
+    assert _error_text(ValueError("plain")) == "ValueError: plain"

@@ -4,8 +4,9 @@
 
 The search runs in this process (``tune._run_search_here``, as the job's zero-CPU task would) with
 ``tune.trial_fn`` replaced by a wrapper defined here: Tune pickles it by value, so every trial actor
-runs it. The wrapper raises in trial ``..._00001`` on every attempt, after logging the attempt the way
-the real trial does; the other trials run the real ``trial_fn``. Writes ``OUT_DIR/result.json``.
+runs it. The first trial to start claims ``failing_trial.txt`` in the work dir (searchers such as HyperOpt
+name trials by random ids) and raises on every attempt, after logging the attempt the way the real trial
+does; the other trials run the real ``trial_fn``. Writes ``OUT_DIR/result.json``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-
-FAILING_SUFFIX = "_00001"
-
 
 def _raising_trial_fn(config: dict, context: dict) -> None:
     import ray.tune
@@ -25,9 +23,15 @@ def _raising_trial_fn(config: dict, context: dict) -> None:
     from grounding.distributed import tune as tune_module
 
     trial_id = ray.tune.get_context().get_trial_id()
-    if trial_id.endswith(FAILING_SUFFIX):
-        work_dir = GroundingConfig.from_dict(context["base"]).run.work_dir
-        tune_module._log_attempt(Path(work_dir) / "train" / trial_run_id(trial_id), trial_id)
+    work_dir = Path(GroundingConfig.from_dict(context["base"]).run.work_dir)
+    marker = work_dir / "failing_trial.txt"
+    try:  # the first trial to start claims the marker (O_EXCL): it fails on every attempt
+        with open(marker, "x") as f:
+            f.write(trial_id)
+    except FileExistsError:
+        pass
+    if marker.read_text() == trial_id:
+        tune_module._log_attempt(work_dir / "train" / trial_run_id(trial_id), trial_id)
         raise RuntimeError(f"injected failure in trial {trial_id}")
     return tune_module.trial_fn(config, context)  # in the trial actor the module is not patched
 

@@ -161,6 +161,14 @@ def _trial_id_of(result: Any) -> str:
     return m.group(1) if m else Path(str(result.path)).name
 
 
+def _error_text(error: BaseException) -> str:
+    """``Type: message`` of what the trial raised. Ray wraps it in a RayTaskError whose text starts with
+    the remote traceback, so the results table (500 characters) showed the traceback's head, not why."""
+    cause = getattr(error, "cause", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+
+
 def _rows(results, space: SearchSpace, runs_dir: Path, max_epochs: int) -> list[dict]:
     rows = []
     for result in results:
@@ -168,7 +176,7 @@ def _rows(results, space: SearchSpace, runs_dir: Path, max_epochs: int) -> list[
         sampled = decode_overrides(((result.config or {}).get("overrides")) or {})
         status = tr.ERROR if result.error else tr.TERMINATED
         history = tr.read_history(runs_dir / trial_run_id(tid))
-        err = "" if not result.error else f"{type(result.error).__name__}: {result.error}"
+        err = "" if not result.error else _error_text(result.error)
         rows.append(tr.trial_row(tid, status, sampled, history, space, max_epochs, err))
     return rows
 
