@@ -27,6 +27,7 @@ from grounding.evaluation.ablation import Variant, run_ablation, seed_markdown, 
 # the paper's equations with the two adopted choices, "adopted_s_roi_alpha" is today's default.
 ORIGINAL = {"loss.negative_rois": "lowest_scored", "model.max_roi_area": 1.0, "model.s_roi_pooling": "mean"}
 ADOPTED = {"loss.negative_rois": "other_study", "model.max_roi_area": 0.2, "model.s_roi_pooling": "mean"}
+DEFAULT = {**ADOPTED, "model.s_roi_pooling": "alpha"}  # today's defaults (round 3)
 VARIANTS = [
     Variant("paper", ORIGINAL, note="top-32 anchors, tower features, lowest-scored negatives, <= 40 epochs"),
     Variant("per_roi_logits", {**ORIGINAL, "model.classifier_input": "per_roi_logits"}, paper=False,
@@ -58,6 +59,15 @@ VARIANTS = [
             note="S_roi = sum_i alpha_i R_roi_i: the ROI-side triplet term trains alpha (today's default)"),
     Variant("adopted_alpha_distill", {**ADOPTED, "loss.alpha_distill": 1.0}, paper=False,
             note="+ KL(softmax(9 R_roi) || alpha): alpha learns the report-conditioned ranking"),
+    # round 4: the pool and the training length on top of today's defaults (the probe ceiling says the pool limits)
+    Variant("default", DEFAULT, paper=False, note="today's defaults: adopted + s_roi_alpha"),
+    Variant("default_per_location", {**DEFAULT, "detector.roi_pool": "per_location"}, paper=False,
+            note="best anchor per location"),
+    Variant("default_roi_align", {**DEFAULT, "detector.roi_features": "roi_align"}, paper=False,
+            note="RoIAlign 2x2 of the box"),
+    Variant("default_n300", {**DEFAULT, "detector.num_rois": 300}, paper=False, note="the paper's N"),
+    Variant("default_epochs_185", {**DEFAULT, "optim.max_epochs": 185}, paper=False,
+            note="the paper's cap; early stopping decides"),
 ]
 
 
