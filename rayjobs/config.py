@@ -47,14 +47,14 @@ def fields_text(cfg: GroundingConfig) -> str:
         section = doc.key.split(".", 1)[0]
         if section != current:
             current = section
-            lines += ["" if lines else "", f"[{section}] {sections.get(section, '')}".rstrip()]
-        now = resolved[doc.key]
-        changed = f"   now: {now!r}" if now != defaults[doc.key] else ""
-        default = defaults[doc.key]
+            lines += [""] if lines else []
+            lines.append(f"[{section}] {sections.get(section, '')}".rstrip())
+        now, default = resolved[doc.key], defaults[doc.key]
+        changed = f"   now: {now!r}" if now != default else ""
         lines.append(f"  {doc.key} ({doc.type}) = {default!r}{changed}")
         if doc.doc:
             lines.append(f"      {doc.doc}")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return "\n".join(lines) + "\n"
 
 
 @clean_exit

@@ -51,7 +51,7 @@ def set_report_poll(seconds: float) -> None:
     os.environ[HEALTH_CHECK_ENV] = repr(float(seconds))
 
 
-def use_cpu_threads(cpus: float) -> int:
+def use_cpu_threads(threads: int) -> int:
     """Set torch's intra-op threads for this worker (at least 1); returns the count.
 
     Ray gives a task or actor OMP_NUM_THREADS = its reserved CPUs; the CPU extract-rois actor reserves
@@ -59,7 +59,7 @@ def use_cpu_threads(cpus: float) -> int:
     """
     import torch
 
-    threads = max(1, int(cpus))
+    threads = max(1, int(threads))
     torch.set_num_threads(threads)
     return threads
 

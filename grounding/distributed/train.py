@@ -40,7 +40,7 @@ import torch
 from grounding.model import engine
 from grounding.model.batching import GROUNDING_PURPOSE, TRAIN_COLUMNS, InMemoryShard, collate_iter, select_rows
 from grounding.model.checkpoint import (
-    CheckpointError, capture_rng, checkpoint_due, export_model, load_checkpoint, save_checkpoint,
+    CheckpointError, checkpoint_due, export_model, load_checkpoint, save_checkpoint,
 )
 from grounding.config import GroundingConfig, RoiFeatures, RoiPool, TrainMode
 from grounding.model.grounding_model import build_model
@@ -299,7 +299,7 @@ def _report(cfg, config, rank, epoch, model, optimizer, history, best_state, met
         save_checkpoint(
             ckpt_dir, model_state=_unwrap(model).state_dict(), config=cfg.to_dict(), vocabulary=ATTRIBUTES,
             vocabulary_version=config["vocabulary_version"], epoch=epoch, optimizer_state=optimizer.state_dict(),
-            history=history, best_model_state=best_state, rng=capture_rng(),
+            history=history, best_model_state=best_state,  # rng: captured by default, unused on resume
             word_vectors_version=config.get("word_vectors_version", ""),
         )
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir))
