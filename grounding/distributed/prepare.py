@@ -53,6 +53,7 @@ class _PrepareBatch:
 # keeps a retried task's lost work small on huge manifests.
 BLOCKS_PER_CPU = 2
 MAX_BLOCK_ROWS = 2048
+CANCEL_WAIT_S = 60  # how long a failed run waits for its cancelled shard tasks to stop
 
 
 def plan_blocks(num_rows: int, cpus: int) -> int:
@@ -154,12 +155,20 @@ def _run_tasks(rows: pa.Table, staging: str, options: PrepareOptions, quarantine
     storage.makedirs(staging)
     chunk = max(1, min(rows_per_shard, -(-rows.num_rows // (BLOCKS_PER_CPU * max(cpus, 1)))))
     pending, window = [], BLOCKS_PER_CPU * max(cpus, 1)
-    for start in range(0, rows.num_rows, chunk):
-        if len(pending) >= window:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)  # re-raises a task's error here, at once
-        pending.append(task.remote(rows.slice(start, chunk), options, staging, quarantine_dir))
-    ray.get(pending)
+    try:
+        for start in range(0, rows.num_rows, chunk):
+            if len(pending) >= window:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done)  # re-raises a task's error here, at once
+            pending.append(task.remote(rows.slice(start, chunk), options, staging, quarantine_dir))
+        ray.get(pending)
+    except BaseException:
+        # The caller removes the staging folder next: a task still writing would leave its shard behind.
+        for ref in pending:
+            ray.cancel(ref)
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_S)
+        raise
 
 
 def _drop_duplicate_ids(manifest: pa.Table) -> tuple[pa.Table, list[dict]]:
