@@ -2,6 +2,7 @@
 
     python tests/ft_scenarios.py worker-kill OUT_DIR
     python tests/ft_scenarios.py node-kill OUT_DIR
+    python tests/ft_scenarios.py detector-ddp-worker-kill OUT_DIR
 
 Each scenario owns its Ray (own temp dir, so its processes and logs are told apart from any other
 Ray on the machine and from the pytest process's session Ray), trains the grounding model on a tiny
@@ -13,6 +14,9 @@ thread kills something once
 * ``ddp-worker-kill``: two DDP workers (``train.num_workers=2``); first an unbroken reference run,
   then the same run again with one of the two workers SIGKILLed (rank 0 or 1, whichever is found
   first); ``weights_max_abs_diff`` compares the two final models.
+* ``detector-ddp-worker-kill``: the same for ``train-detector`` (two DDP workers on a tiny blob-image
+  set, a checkpoint per epoch); progress is the epochs of the registered checkpoints, and the two
+  exported ``detector.pt`` files are compared.
 * ``node-kill``: ``ray.cluster_utils.Cluster`` (head ``num_cpus=0`` + one 1-CPU worker node);
   ``remove_node(allow_graceful=False)`` on the node hosting the worker, then ``add_node`` a new one.
 
@@ -81,6 +85,28 @@ def _cfg(work: Path, max_epochs: int, workers: int = 1):
     })
 
 
+def _detector_cfg(work: Path, epochs: int):
+    from grounding.config import GroundingConfig
+
+    return GroundingConfig().with_overrides({
+        "run.work_dir": str(work), "detector.num_workers": 2, "detector.cpus_per_worker": 1.0,
+        "detector.fpn_channels": 16, "detector.batch_size": 4, "detector.optimizer": "adamw", "detector.lr": 1e-3,
+        "detector.epochs": epochs, "detector.max_failures": 2, "detector.checkpoints_to_keep": epochs + 1,
+        "train.checkpoint_every": 1,
+    })
+
+
+def checkpoint_epochs(run_storage: Path) -> list[int]:
+    """Epochs of the checkpoints Ray Train registered for a run (its snapshot in storage), in order."""
+    from grounding.model.run_checks import SNAPSHOT_FILE
+
+    try:
+        snap = json.loads((run_storage / SNAPSHOT_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [int(r["metrics"]["epoch"]) for r in snap["checkpoint_results"]]
+
+
 def _max_abs_diff(model_a: str, model_b: str) -> float:
     from grounding.model.checkpoint import load_checkpoint
 
@@ -88,13 +114,22 @@ def _max_abs_diff(model_a: str, model_b: str) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
-def _watch_and_kill(run_dir: Path, min_epochs: int, kill, info: dict, deadline_s: float = 300) -> None:
+def _state_max_abs_diff(path_a: str, path_b: str) -> float:
+    import torch
+
+    a, b = torch.load(path_a, weights_only=True), torch.load(path_b, weights_only=True)
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _watch_and_kill(epochs_done, min_epochs: int, kill, info: dict, deadline_s: float = 300) -> None:
+    """Call ``kill(info)`` once ``epochs_done()`` lists ``min_epochs`` epochs."""
     end = time.time() + deadline_s
     try:
         while time.time() < end:
-            hist = _history(run_dir)
-            if len(hist) >= min_epochs:
-                info["epochs_before_kill"] = [h["epoch"] for h in hist]
+            done = epochs_done()
+            if len(done) >= min_epochs:
+                info["epochs_before_kill"] = list(done)
                 info["kill_time"] = time.time()
                 kill(info)
                 return
@@ -104,10 +139,70 @@ def _watch_and_kill(run_dir: Path, min_epochs: int, kill, info: dict, deadline_s
         info["watch_error"] = traceback.format_exc()
 
 
+def detector_ddp_kill(out: Path, temp_dir: str) -> dict:
+    """Train the detector twice with two DDP workers, unbroken then with one worker SIGKILLed."""
+    import ray
+
+    from grounding.bench.rois import blob_prepared_table
+    from grounding.data.storage import write_table
+    from grounding.distributed.detector import run_train_detector
+
+    prepared = out / "prepared"
+    write_table(blob_prepared_table(16, 64, seed=5, split_fractions=(0.75, 0.25)), str(prepared / "p.parquet"))
+    epochs = int(os.environ.get("FT_EPOCHS", "5"))
+    cfg = _detector_cfg(out / "work", epochs)
+    storage_root = out / "work" / "ray_storage"
+    info: dict = {"scenario": "detector-ddp-worker-kill", "max_epochs": epochs}
+    ctx = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
+    os.environ["RAY_ADDRESS"] = ctx.address_info["address"]
+    reference = run_train_detector(cfg, str(prepared), str(out / "det-reference"), "det-reference")
+    info["reference"] = {"epoch": reference["epoch"], "detector": reference["detector"],
+                         "checkpoint_epochs": checkpoint_epochs(storage_root / "det-reference")}
+
+    def kill(i: dict) -> None:
+        workers = train_workers(set(raylets_under(temp_dir)))
+        i["workers_seen"] = len(workers)
+        i["killed_pids"] = [w.pid for w in workers[:1]]  # one rank of two
+        for pid in i["killed_pids"]:
+            os.kill(pid, signal.SIGKILL)
+
+    done: dict = {}
+
+    def train() -> None:
+        try:
+            result = run_train_detector(cfg, str(prepared), str(out / "det"), "det")
+            done.update(epoch=result["epoch"], detector=result["detector"])
+        except Exception:  # noqa: BLE001 - reported through result.json
+            done["error"] = traceback.format_exc()
+
+    trainer = threading.Thread(target=train, daemon=True)
+    trainer.start()
+    _watch_and_kill(lambda: checkpoint_epochs(storage_root / "det"), 2, kill, info)
+    trainer.join(timeout=float(os.environ.get("FT_FIT_TIMEOUT", "420")))
+    info.update(done)
+    if trainer.is_alive():
+        info["error"] = "fit() did not return in time"
+    info["checkpoint_epochs"] = checkpoint_epochs(storage_root / "det")
+    if done.get("detector"):
+        info["weights_max_abs_diff"] = _state_max_abs_diff(done["detector"], reference["detector"])
+    return info
+
+
 def main(scenario: str, out_dir: str) -> int:
     out = Path(out_dir)
     temp_dir = os.environ["FT_RAY_TMP"]
     import ray
+
+    if scenario == "detector-ddp-worker-kill":
+        info: dict = {"scenario": scenario}
+        try:
+            info = detector_ddp_kill(out, temp_dir)
+        except Exception:  # noqa: BLE001
+            info["error"] = traceback.format_exc()
+        finally:
+            (out / "result.json").write_text(json.dumps(info, default=str))
+            ray.shutdown()
+        return 0
 
     from grounding.bench.train import synthetic_roi_table, synthetic_vectors
     from grounding.distributed.train import run_training
@@ -180,7 +275,7 @@ def main(scenario: str, out_dir: str) -> int:
 
         trainer = threading.Thread(target=train, daemon=True)
         trainer.start()
-        _watch_and_kill(run_dir, 2, kill, info)
+        _watch_and_kill(lambda: [h["epoch"] for h in _history(run_dir)], 2, kill, info)
         trainer.join(timeout=float(os.environ.get("FT_FIT_TIMEOUT", "420")))
         info.update(done)
         if trainer.is_alive():

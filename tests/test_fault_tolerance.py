@@ -119,6 +119,24 @@ def test_sigkill_of_one_ddp_worker_resumes_both_and_ends_with_the_unbroken_runs_
     assert info["weights_max_abs_diff"] == 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_sigkill_of_one_detector_ddp_worker_resumes_and_ends_with_the_unbroken_runs_weights(tmp_path):
+    """Issue 17.1 for ``train-detector``: two DDP workers, one SIGKILLed after two checkpoints."""
+    info = run_scenario("detector-ddp-worker-kill", tmp_path, timeout_s=840)
+    assert info.get("watch_error") is None and info.get("error") is None, info
+    n = info["max_epochs"]
+    assert info["reference"]["epoch"] == n - 1 and info["reference"]["checkpoint_epochs"] == list(range(n))
+    assert info["workers_seen"] == 2 and len(info["killed_pids"]) == 1
+    assert len(info["epochs_before_kill"]) < n, "the kill came after training had finished"
+    assert "[train-detector] resumed from epoch" in (tmp_path / "scenario.log").read_text()  # a restart, from a checkpoint
+    # one registered checkpoint per epoch, in order: a restart from 0 or a redone epoch would repeat one
+    assert info["epoch"] == n - 1 and info["checkpoint_epochs"] == list(range(n))
+    # augmentation and batch order are drawn from (seed, epoch, rank); model, optimizer and schedule are restored
+    assert info["weights_max_abs_diff"] == 0.0
+
+
 # -- NaN / Inf losses (reliability.md C1) ------------------------------------------------------------
 def _finite(obj) -> bool:
     if isinstance(obj, torch.Tensor):
