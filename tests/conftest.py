@@ -47,3 +47,32 @@ def ray_local(tmp_path_factory):
     yield ray
     ray.shutdown()
 
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed Ray test also reports the machine's state (free disk, memory, Ray processes still alive):
+    CI shows only the output, and a full /tmp or a leftover Ray from an earlier test explains a hang."""
+    report = yield
+    if report.failed and item.get_closest_marker("ray") is not None:
+        import shutil
+
+        import psutil
+
+        ray_procs = []
+        for p in psutil.process_iter(["pid", "name", "cmdline"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "raylet" in cmd or "gcs_server" in cmd or cmd.startswith("ray::"):
+                    ray_procs.append(f"{p.info['pid']} {cmd[:100]}")
+            except psutil.Error:
+                continue
+        tmp = os.environ.get("RAY_TMPDIR", "/tmp")
+        tmp = tmp if os.path.isdir(tmp) else "/tmp"
+        disk = shutil.disk_usage(tmp)
+        mem = psutil.virtual_memory()
+        report.sections.append(("machine state", (
+            f"free disk under {tmp}: {disk.free / 2**30:.1f} GiB; "
+            f"memory available {mem.available / 2**30:.1f} of {mem.total / 2**30:.1f} GiB; "
+            f"load {os.getloadavg()}; {len(ray_procs)} Ray processes:\n" + "\n".join(ray_procs[:40]))))
+    return report

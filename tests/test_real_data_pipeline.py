@@ -22,7 +22,7 @@ from real_samples import build_mimic_tree  # tests/ is on sys.path under pytest
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.shared_data]
 
 
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(900)  # ~110 s here; a hang must not eat the CI budget
 def test_pipeline_on_real_samples(shared_data, tmp_path, ray_local, capsys):
     from grounding.config import load_config
     from grounding.data.dataset_roles import check_roots
