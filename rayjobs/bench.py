@@ -4,6 +4,7 @@
     grounding bench all --work-dir runs/default --no-ray # Ray-free sections only (a GPU box without Ray)
     grounding bench ingest [--manifest M.parquet] [--images 64] [--sizes 1,4]
     grounding bench rois | train | streaming | tune | e2e
+    grounding bench scale --rows 10000,100000            # peak memory of prepare + extract-rois, one Ray per size
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from grounding.data import input_checks as ic
 from rayjobs._cli import build_config, check_inputs, clean_exit, common_parser, setup_logging
 
-WHAT = ("ingest", "rois", "train", "streaming", "tune", "e2e", "all")
+WHAT = ("ingest", "rois", "train", "streaming", "tune", "e2e", "scale", "all")
 INPUTS = {"manifest": ic.require_manifest, "rois": ic.require_rois, "word_vectors": ic.require_word_vectors,
           "prepared": ic.require_prepared, "detector": ic.require_checkpoint, "out": ic.require_writable_folder}
 
@@ -37,6 +38,8 @@ def get_args_parser(add_help: bool = True):
     parser.add_argument("--device", default="auto", help="all/rois: cpu, cuda or auto")
     parser.add_argument("--sections", help="all: comma-separated subset of ingest,rois,train,streaming,tune,e2e")
     parser.add_argument("--tune-trials", type=int, default=4, help="tune: trials per size")
+    parser.add_argument("--rows", default="10000,100000",
+                        help="scale: manifest row counts, each in a fresh process with its own Ray")
     parser.add_argument("--e2e-profile", default="smoke",
                         help="e2e: the pipeline profile to time (smoke, default, claim, ...)")
     return parser
@@ -151,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "ingest":
         result = bench_ingest(cfg, args)
         print_ingest(result)
+    elif args.what == "scale":
+        from grounding.distributed.bench_scale import bench_scale, markdown
+
+        result = bench_scale(tuple(int(r) for r in args.rows.split(",")), out / "scale-data", args.images,
+                             cfg.data.image_size)
+        storage.atomic_write_text(out / "scale.md", markdown(result))
+        print(markdown(result))
     elif args.what == "rois":
         result = bench_rois(cfg, args)
         print(f"ROI extraction ({result['backbone']}, FPN {result['fpn_channels']}, {result['image_size']} px, "
