@@ -43,3 +43,20 @@ def test_suite_refuses_a_work_dir_without_the_pipeline_outputs_it_needs(tmp_path
     with pytest.raises(ValueError, match="unknown bench section"):
         run_suite(None, SuiteOptions(work_dir=str(tmp_path), out_dir=str(tmp_path), sections=("nope",)))
     assert set(NEEDS) == set(SECTIONS)
+
+
+def test_scale_rows_replicate_to_the_exact_count_with_fresh_ids_and_the_table_compares_peaks():
+    import pyarrow as pa
+
+    from grounding.distributed.bench_scale import _rows, markdown
+
+    base = pa.table({"image_id": [f"i{k}" for k in range(7)], "image_uri": [f"/x/{k}.dcm" for k in range(7)]})
+    rows = _rows(base, 100)
+    assert rows.num_rows == 100 and len(set(rows.column("image_id").to_pylist())) == 100
+    assert set(rows.column("image_uri").to_pylist()) == set(base.column("image_uri").to_pylist())  # same files
+    stage = {"rows_out": 10, "seconds": 1.0, "rows_per_s": 10.0, "baseline_mib": 100, "peak_mib": 120,
+             "growth_mib": 20.0}
+    table = markdown({"runs": [{"rows": 10, "prepare": stage, "extract_rois": stage},
+                               {"rows": 100, "prepare": {**stage, "rows_out": 100}, "extract_rois": stage}],
+                      "peak_ratio": {"prepare": 1.0, "extract_rois": 1.0}})
+    assert "| prepare | 100 | 100 |" in table and "prepare 1.0, extract_rois 1.0" in table
